@@ -1,0 +1,114 @@
+"""The project file ``millrace.yaml``: storage URIs, sources and runner settings.
+
+Loaded once at the entry point into frozen models. Every storage URI can be
+overridden by an environment variable (``MILLRACE_STATE_DIR``, ``MILLRACE_LANDING_URI``,
+``MILLRACE_LAKE_URI``, ``MILLRACE_QUARANTINE_URI``) so one project runs unchanged on a
+laptop and against object stores.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contracts.errors import ContractError
+from contracts.loader import load_contract, read_yaml
+from contracts.model import Contract
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    contract: str = Field(description="Path of the ODCS contract file, relative to the project folder.")
+    description: str = Field("", description="What the source is, for humans.")
+
+
+class StorageConfig(_Frozen):
+    state_dir: str = Field(".millrace", description="Where embedded state lives (relative to the project folder unless absolute).")
+    landing: str | None = Field(None, description="Landing zone URI; default <state_dir>/landing. Files go under <landing>/<source>/<YYYY-MM-DD>/.")
+    lake: str | None = Field(None, description="Lake URI; default <state_dir>/lake.")
+    quarantine: str | None = Field(None, description="Quarantine URI; default <state_dir>/quarantine.")
+
+
+class PipelineConfig(_Frozen):
+    runner: str = Field("DirectRunner", description="Default Beam runner; --runner on the command line wins.")
+    options: list[str] = Field(default_factory=list, description="Extra Beam pipeline options, e.g. ['--direct_num_workers=2'].")
+
+
+class ProjectConfig(_Frozen):
+    name: str = Field(description="Project name, used in run ids and reports.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
+    sources: dict[str, SourceConfig] = Field(description="Sources by name; each has one contract.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Beam settings.")
+
+
+class Project:
+    """A loaded project folder: its config plus resolved locations and contracts."""
+
+    def __init__(self, root: Path, config: ProjectConfig):
+        self.root, self.config = root, config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @cached_property
+    def state_dir(self) -> str:
+        return _resolve(self.root, os.environ.get("MILLRACE_STATE_DIR") or self.config.storage.state_dir)
+
+    def _uri(self, env: str, configured: str | None, default: str) -> str:
+        return _resolve(self.root, os.environ.get(env) or configured or os.path.join(self.state_dir, default))
+
+    @cached_property
+    def landing(self) -> str:
+        return self._uri("MILLRACE_LANDING_URI", self.config.storage.landing, "landing")
+
+    @cached_property
+    def lake(self) -> str:
+        return self._uri("MILLRACE_LAKE_URI", self.config.storage.lake, "lake")
+
+    @cached_property
+    def quarantine(self) -> str:
+        return self._uri("MILLRACE_QUARANTINE_URI", self.config.storage.quarantine, "quarantine")
+
+    def contract(self, source: str) -> Contract:
+        if source not in self.config.sources:
+            known = ", ".join(sorted(self.config.sources))
+            raise ContractError(self.root / "millrace.yaml", "sources", f"unknown source '{source}'",
+                                f"use one of: {known}")
+        return load_contract(self.root / self.config.sources[source].contract)
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.config.sources)
+
+
+def _resolve(root: Path, location: str) -> str:
+    if "://" in location or os.path.isabs(location):
+        return location
+    return str((root / location).resolve())
+
+
+def load_project(directory: str | Path) -> Project:
+    root = Path(directory).resolve()
+    path = root / "millrace.yaml"
+    if not root.is_dir():
+        raise ContractError(root, "--project", "is not a folder", "pass a project folder that holds millrace.yaml")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ContractError(path, "(top level)", "is not a mapping", "see examples/movielens/millrace.yaml")
+    try:
+        config = ProjectConfig(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ContractError(path, loc, first["msg"].lower(), "see examples/movielens/millrace.yaml") from None
+    for name, source in config.sources.items():
+        if not (root / source.contract).exists():
+            raise ContractError(path, f"sources.{name}.contract", f"file '{source.contract}' does not exist",
+                                "point it at an ODCS contract file in the project folder")
+    return Project(root, config)

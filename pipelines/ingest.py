@@ -1,0 +1,156 @@
+"""``millrace ingest``: landing files -> decoded under contract -> validated -> committed partitions.
+
+The pipeline is three named transforms on Arrow tables::
+
+    Create(landing files) | DecodeUnderContract | WritePartitions | SaveReports
+
+Every Beam pipeline option passes through (``--runner``, ``--direct_running_mode``...).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from contracts.project import Project
+from pipelines import lake, landing
+from pipelines.decode import DecodeUnderContract
+from pipelines.errors import NothingToIngest
+from pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions
+
+
+@dataclass
+class IngestResult:
+    source: str
+    run_id: str
+    selection: str
+    reports: list[dict] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def total(self, key: str) -> int:
+        return sum(r[key] for r in self.reports)
+
+    @property
+    def rejected(self) -> list[dict]:
+        return [r for r in self.reports if r["status"] == REJECTED]
+
+    @property
+    def committed(self) -> list[dict]:
+        return [r for r in self.reports if r["status"] == COMMITTED]
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.reports:
+            for reason, n in r["by_reason"].items():
+                out[reason] = out.get(reason, 0) + n
+        return dict(sorted(out.items()))
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "run_id": self.run_id, "selection": self.selection, "seconds": self.seconds,
+                "records": self.total("records") if self.reports else 0,
+                "good": self.total("good") if self.reports else 0,
+                "quarantined": self.total("quarantined") if self.reports else 0,
+                "duplicates_resolved": self.total("duplicates_resolved") if self.reports else 0,
+                "by_reason": self.by_reason, "committed": [r["partition"] for r in self.committed],
+                "rejected": {r["partition"]: r["problem"] for r in self.rejected}, "skipped_files": self.skipped_files}
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def plan(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None):
+    """The landing files to read (whole partitions), a description of the selection, skipped paths."""
+    contract = project.contract(source)
+    files, skipped = landing.discover(project.landing, source, contract)
+    if start is not None or end is not None:
+        if start and end and start > end:
+            raise NothingToIngest(f"--from {start} is after --to {end} (fix: swap them)")
+        chosen = landing.select(files, start, end)
+        selection = f"{start or 'first'}..{end or 'last'}"
+        if not chosen:
+            raise NothingToIngest(f"no landing files for source '{source}' between {start or 'the first day'} "
+                                  f"and {end or 'the last day'} under {lake.join(project.landing, source)}")
+    else:
+        committed = {c.value: c.manifest for c in lake.committed_partitions(project.lake, source, contract.partitioning.key)}
+        chosen = landing.pending(files, committed)
+        selection = "pending (new or changed landing files)"
+    return contract, chosen, selection, skipped
+
+
+def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None,
+           beam_args: list[str] | None = None, validate: bool = True, progress=None) -> IngestResult:
+    contract, files, selection, skipped = plan(project, source, start, end)
+    run_id = new_run_id()
+    result = IngestResult(source, run_id, selection, skipped_files=skipped)
+    if not files:
+        return result
+    where = Locations(project.lake, project.quarantine, project.state_dir)
+    reports_dir = lake.join(project.state_dir, "runs", source, run_id)
+    now_us = int(time.time() * 1_000_000)
+    args = list(beam_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        args.append(f"--runner={project.config.pipeline.runner}")
+    options = PipelineOptions(list(project.config.pipeline.options) + args)
+    partitions = len({f.partition for f in files})
+    started = time.time()
+    watcher = _Watcher(reports_dir, partitions, progress) if progress else None
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (pipeline
+             | "LandingFiles" >> beam.Create(files)
+             | "DecodeUnderContract" >> DecodeUnderContract(contract, source, now_us, run_id)
+             | "WritePartitions" >> WritePartitions(contract, source, where, run_id, validate)
+             | "SaveReports" >> beam.Map(_save_report, reports_dir))
+    if watcher:
+        watcher.stop()
+    result.seconds = time.time() - started
+    result.reports = sorted(_load_reports(reports_dir), key=lambda r: r["partition"])
+    lake.write_bytes(lake.join(reports_dir, "summary.json"), json.dumps(result.to_json(), indent=1).encode())
+    _write_docs_index(project, source)
+    return result
+
+
+def _save_report(report: dict, reports_dir: str) -> None:
+    lake.write_bytes(lake.join(reports_dir, "partitions", f"{report['key']}={report['partition']}.json"),
+                     json.dumps(report, indent=1, default=str).encode())
+
+
+def _load_reports(reports_dir: str) -> list[dict]:
+    return [json.loads(lake.read_bytes(p)) for p in lake.list_dir(lake.join(reports_dir, "partitions"))
+            if p.endswith(".json")]
+
+
+class _Watcher:
+    """Reports progress by counting partition reports as the pipeline writes them."""
+
+    def __init__(self, reports_dir: str, total: int, progress):
+        self.reports_dir, self.total, self.progress = reports_dir, total, progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            self.progress(len(lake.list_dir(lake.join(self.reports_dir, "partitions"))), self.total)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self.progress(len(lake.list_dir(lake.join(self.reports_dir, "partitions"))), self.total)
+
+
+def _write_docs_index(project: Project, source: str) -> None:
+    """An index page over the per-partition Data Docs of a source."""
+    docs_dir = lake.join(project.state_dir, "data_docs", source)
+    pages = sorted(p.rsplit("/", 1)[-1] for p in lake.list_dir(docs_dir) if p.endswith(".html") and not p.endswith("index.html"))
+    rows = "\n".join(f'<li><a href="{p}">{p[:-5]}</a></li>' for p in pages)
+    html = f"<html><head><title>{source} expectations</title></head><body><h1>{source}: Great Expectations results by partition</h1><ul>{rows}</ul></body></html>"
+    lake.write_bytes(lake.join(docs_dir, "index.html"), html.encode())

@@ -1,0 +1,359 @@
+"""Read one landing file into text columns, keeping each row's line number and raw bytes.
+
+Every cell is read as text so one wrong value cannot fail a whole file; types are
+applied later, vectorized (``contracts.arrow.coerce``). Rows that cannot be split
+into fields (wrong column count, broken JSON, bad UTF-8) get a reason here and
+travel on with null cells, so that good + quarantined always equals the input.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from validation.reasons import BAD_ENCODING, MALFORMED_RECORD, MISSING_COLUMN
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass
+class RawRecords:
+    """The records of one landing file, aligned row by row."""
+
+    text: pa.Table          # one string column per contract field (null where absent)
+    line: np.ndarray        # 1-based physical line (row number for Parquet)
+    raw: pa.Array           # the original bytes of each record
+    reason: pa.Array        # reason code for rows broken before typing, else null
+    field: pa.Array         # the field the reason is about, else null
+    sha256: str
+    size: int
+
+
+def format_of(path: str) -> str | None:
+    lower = path.lower()
+    for ext, fmt in FORMATS.items():
+        if lower.endswith(ext):
+            return fmt
+    return None
+
+
+def read_records(path: str, data: bytes, fields: tuple[str, ...]) -> RawRecords:
+    fmt = format_of(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if fmt == "parquet":
+        text, raw, line, reason, field = _read_parquet(data, fields)
+    else:
+        lines = _split_lines(data)
+        bad_utf8 = _bad_utf8_lines(data, lines)
+        reader = _read_csv if fmt == "csv" else _read_jsonl
+        text, raw, line, reason, field = reader(lines, bad_utf8, fields)
+    return RawRecords(text=text, line=line, raw=raw, reason=reason, field=field, sha256=digest, size=len(data))
+
+
+# -- lines -----------------------------------------------------------------------------------
+
+@dataclass
+class _Lines:
+    data: bytes
+    starts: np.ndarray   # byte offset where each line starts
+    ends: np.ndarray     # byte offset where its content ends (before \r?\n)
+
+    def __len__(self):
+        return len(self.starts)
+
+    def array(self) -> pa.Array:
+        """Each line's bytes, terminator included, as one binary array over the file's buffer (no copy)."""
+        offsets = np.append(self.starts, self.starts[-1] + _line_span(self, -1)) if len(self) else np.zeros(1, np.int64)
+        return pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), len(self), [None, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(self.data)])
+
+
+def _line_span(lines: "_Lines", i: int) -> int:
+    """Bytes of line i including its terminator."""
+    nxt = lines.starts[i + 1] if i + 1 < len(lines) and i != -1 else len(lines.data)
+    return int(nxt - lines.starts[i])
+
+
+def strip_terminator(payload: bytes) -> bytes:
+    return payload[:-1] if payload.endswith(b"\n") else payload
+
+
+def _split_lines(data: bytes) -> _Lines:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines, [len(buf)]])
+    if len(starts) and starts[-1] == len(buf):  # file ends with a newline: no last empty line
+        starts, ends = starts[:-1], ends[:-1]
+    has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+    ends = ends - has_cr
+    return _Lines(data, starts.astype(np.int64), ends.astype(np.int64))
+
+
+def _bad_utf8_lines(data: bytes, lines: _Lines) -> np.ndarray:
+    """Indices of lines that are not valid UTF-8 (one decode pass; loops only over bad lines)."""
+    bad, pos = [], 0
+    while True:
+        try:
+            data[pos:].decode("utf-8")
+            return np.array(bad, dtype=np.int64)
+        except UnicodeDecodeError as exc:
+            idx = int(np.searchsorted(lines.starts, pos + exc.start, side="right") - 1)
+            bad.append(idx)
+            if idx + 1 >= len(lines):
+                return np.array(bad, dtype=np.int64)
+            pos = int(lines.starts[idx + 1])
+
+
+def _blank(lines: _Lines) -> np.ndarray:
+    empty = lines.ends == lines.starts
+    buf = np.frombuffer(lines.data, dtype=np.uint8)
+    # Lines of spaces only are blank too; checked only where the line is short.
+    short = np.flatnonzero(~empty & (lines.ends - lines.starts <= 4))
+    for i in short:
+        if not bytes(buf[lines.starts[i]:lines.ends[i]]).strip():
+            empty[i] = True
+    return empty
+
+
+# -- CSV -------------------------------------------------------------------------------------
+
+def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
+    import pyarrow.csv as pcsv
+
+    blank = _blank(lines)
+    nonblank = np.flatnonzero(~blank)
+    if not len(nonblank):
+        return _empty(fields)
+    header_idx = nonblank[0]
+    data_idx = nonblank[1:]
+    raw_all = lines.array()
+    header = raw_all[int(header_idx)].as_py().decode("utf-8", "replace")
+    columns = [c.strip().strip('"') for c in header.split(",")]
+    invalid_texts: list[bytes] = []
+
+    def on_invalid(row):
+        invalid_texts.append(row.text.encode("utf-8", "surrogateescape") if isinstance(row.text, str) else row.text)
+        return "skip"
+
+    # Bad UTF-8 lines are blanked out before parsing, then reported on their own.
+    body = lines.data[lines.starts[header_idx]:]
+    if len(bad_utf8):
+        body = _blank_out(lines, bad_utf8, int(lines.starts[header_idx]))
+    table = pcsv.read_csv(
+        io.BytesIO(body),
+        read_options=pcsv.ReadOptions(use_threads=True, block_size=16 << 20),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=False),
+        convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
+                                            strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+    bad_set = set(bad_utf8.tolist())
+    candidates = np.array([i for i in data_idx if i not in bad_set], dtype=np.int64) if bad_set else data_idx
+    invalid_idx = _locate(raw_all, candidates, invalid_texts)
+    parsed_idx = np.setdiff1d(candidates, invalid_idx, assume_unique=True)
+    if len(parsed_idx) != table.num_rows:
+        return _read_csv_slow(lines, data_idx, bad_utf8, columns, fields)
+    text = _text_columns(table, fields, table.num_rows)
+    return _assemble(lines, raw_all, data_idx, parsed_idx, text, invalid_idx, bad_utf8, columns, fields)
+
+
+def _blank_out(lines: _Lines, bad: np.ndarray, offset: int) -> bytes:
+    """The file from ``offset`` with the content of the bad lines removed (they become empty lines)."""
+    parts, pos = [], offset
+    for i in sorted(int(b) for b in bad):
+        if lines.starts[i] < offset:
+            continue
+        parts.append(lines.data[pos:lines.starts[i]])
+        pos = int(lines.ends[i])
+    parts.append(lines.data[pos:])
+    return b"".join(parts)
+
+
+def _locate(raw: pa.Array, candidates: np.ndarray, texts: list[bytes]) -> np.ndarray:
+    """Line indices of the rows the CSV parser rejected, matched in order by their text."""
+    found, after = [], -1
+    for text in texts:
+        hits = np.flatnonzero(pc.is_in(raw, pa.array([text, text + b"\n", text + b"\r\n"], pa.large_binary()))
+                              .to_numpy(zero_copy_only=False))
+        hits = hits[np.isin(hits, candidates) & (hits > after)]
+        if len(hits):
+            after = int(hits[0])
+            found.append(after)
+    return np.array(found, dtype=np.int64)
+
+
+def _read_csv_slow(lines, data_idx, bad_utf8, columns, fields):
+    """Quoted values spanning lines: parse line by line with the csv module (rare path)."""
+    import csv
+
+    bad_set = set(bad_utf8.tolist())
+    rows, parsed, invalid = [], [], []
+    for i in data_idx:
+        if i in bad_set:
+            continue
+        raw = lines.data[lines.starts[i]:lines.ends[i]].decode("utf-8")
+        values = next(csv.reader([raw]), [])
+        if len(values) != len(columns):
+            invalid.append(i)
+            continue
+        rows.append(values)
+        parsed.append(i)
+    text = pa.table({c: pa.array([r[j] for r in rows], pa.string()) for j, c in enumerate(columns)}) if rows \
+        else pa.table({c: pa.array([], pa.string()) for c in columns})
+    raw_all = lines.array()
+    return _assemble(lines, raw_all, data_idx, np.array(parsed, dtype=np.int64), _text_columns(text, fields, len(rows)),
+                     np.array(invalid, dtype=np.int64), bad_utf8, columns, fields)
+
+
+# -- JSON lines ------------------------------------------------------------------------------
+
+def _read_jsonl(lines: _Lines, bad_utf8: np.ndarray, fields):
+    import pyarrow.json as pj
+
+    blank = _blank(lines)
+    data_idx = np.flatnonzero(~blank)
+    raw_all = lines.array() if len(lines) else pa.array([], pa.large_binary())
+    if not len(bad_utf8) and len(data_idx):
+        try:
+            table = pj.read_json(io.BytesIO(lines.data), read_options=pj.ReadOptions(block_size=16 << 20))
+            if table.num_rows == len(data_idx):
+                text = _text_columns(table, fields, table.num_rows)
+                return _assemble(lines, raw_all, data_idx, data_idx, text, np.array([], np.int64), bad_utf8,
+                                 table.column_names, fields)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # a broken or mixed-type line somewhere: take the line-by-line path below
+    return _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields)
+
+
+def _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields):
+    bad_set = set(bad_utf8.tolist())
+    values = {f: [] for f in fields}
+    parsed, invalid = [], []
+    seen_columns: set[str] = set()
+    for i in data_idx:
+        if i in bad_set:
+            continue
+        try:
+            record = json.loads(lines.data[lines.starts[i]:lines.ends[i]])
+        except ValueError:
+            invalid.append(i)
+            continue
+        if not isinstance(record, dict):
+            invalid.append(i)
+            continue
+        seen_columns.update(record)
+        for f in fields:
+            values[f].append(_json_text(record.get(f)))
+        parsed.append(i)
+    text = pa.table({f: pa.array(values[f], pa.string()) for f in fields})
+    columns = list(seen_columns) if parsed else list(fields)
+    return _assemble(lines, raw_all, data_idx, np.array(parsed, np.int64), text, np.array(invalid, np.int64),
+                     bad_utf8, columns, fields)
+
+
+def _json_text(value):
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
+# -- Parquet ---------------------------------------------------------------------------------
+
+def _read_parquet(data: bytes, fields):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.py_buffer(data))
+    n = table.num_rows
+    text = _text_columns(table, fields, n)
+    # Raw payload of a Parquet row: the row as JSON, built only for rows that need it (see payloads()).
+    raw = _LazyJson(table)
+    reason, field = _missing_columns(table.column_names, fields, n)
+    return text, raw, np.arange(1, n + 1, dtype=np.int64), reason, field
+
+
+class _LazyJson:
+    """Parquet rows rendered as JSON on demand: only quarantined rows ever need a payload."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def take(self, indices) -> pa.Array:
+        rows = self.table.take(pa.array(indices, pa.int64())).to_pylist()
+        return pa.array([json.dumps(r, default=str).encode() for r in rows], pa.large_binary())
+
+    def __len__(self):
+        return self.table.num_rows
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+def _text_columns(table: pa.Table, fields, n: int) -> pa.Table:
+    cols = {}
+    for f in fields:
+        if f in table.column_names:
+            col = table.column(f).combine_chunks() if isinstance(table.column(f), pa.ChunkedArray) else table.column(f)
+            if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+                col = col.cast(pa.string())
+            elif not pa.types.is_string(col.type):
+                col = col.cast(pa.string())
+            cols[f] = col
+        else:
+            cols[f] = pa.nulls(n, pa.string())
+    return pa.table(cols)
+
+
+def _missing_columns(columns, fields, n):
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        return pa.array([MISSING_COLUMN] * n, pa.string()), pa.array([missing[0]] * n, pa.string())
+    return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+
+
+def _assemble(lines, raw_all, data_idx, parsed_idx, text, invalid_idx, bad_utf8, columns, fields):
+    """Put parsed rows and broken lines back in file order, one reason per broken line."""
+    n = len(data_idx)
+    pos = {"parsed": np.searchsorted(data_idx, parsed_idx)}
+    # Text table over all data lines: parsed rows in their place, nulls elsewhere.
+    scatter = np.full(n, -1, dtype=np.int64)
+    scatter[pos["parsed"]] = np.arange(len(parsed_idx))
+    take = pa.array(scatter, pa.int64(), mask=scatter < 0)
+    full_text = text.take(take) if n else text.slice(0, 0)
+    reason = np.full(n, None, dtype=object)
+    field = np.full(n, None, dtype=object)
+    reason[np.searchsorted(data_idx, invalid_idx)] = MALFORMED_RECORD
+    bad_in_data = bad_utf8[np.isin(bad_utf8, data_idx)]
+    reason[np.searchsorted(data_idx, bad_in_data)] = BAD_ENCODING
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        untouched = np.equal(reason, None)
+        reason[untouched] = MISSING_COLUMN
+        field[untouched] = missing[0]
+    raw = raw_all.take(pa.array(data_idx, pa.int64())) if n else pa.array([], pa.large_binary())
+    return (full_text, raw, (data_idx + 1).astype(np.int64),
+            pa.array(reason, pa.string()), pa.array(field, pa.string()))
+
+
+def _empty(fields):
+    return (pa.table({f: pa.array([], pa.string()) for f in fields}), pa.array([], pa.large_binary()),
+            np.array([], np.int64), pa.array([], pa.string()), pa.array([], pa.string()))
+
+
+def payloads_at(path: str, data: bytes, line_numbers) -> list[bytes]:
+    """Original bytes of the given 1-based lines (rows for Parquet): used for the rare rows
+    quarantined after decoding, such as superseded duplicates."""
+    index = np.asarray(line_numbers, dtype=np.int64) - 1
+    if format_of(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        return _LazyJson(pq.read_table(pa.py_buffer(data))).take(index).to_pylist()
+    lines = _split_lines(data)
+    return [strip_terminator(p) for p in lines.array().take(pa.array(index, pa.int64())).to_pylist()]

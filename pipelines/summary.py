@@ -1,0 +1,50 @@
+"""Progress while a run works, and the one-screen summary at its end."""
+from __future__ import annotations
+
+from contracts.project import Project
+from pipelines.errors import RunFailed
+
+
+def run_ingest_with_summary(console, project: Project, source: str, start, end, beam_args, expectations: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines.ingest import ingest
+
+    with Progress(TextColumn(f"[bold]{source}[/] partitions"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("ingest", total=None)
+        result = ingest(project, source, start, end, beam_args, expectations,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    render(console, result)
+    if result.rejected:
+        names = ", ".join(f"{r['key']}={r['partition']}" for r in result.rejected)
+        raise RunFailed(f"{source}: {len(result.rejected)} partition(s) not committed: {names} "
+                        f"(first: {result.rejected[0]['problem']})")
+    return result
+
+
+def render(console, result) -> None:
+    from rich.table import Table
+
+    if not result.reports:
+        console.print(f"[bold]{result.source}[/]: nothing to ingest ({result.selection}); the lake is up to date.")
+        return
+    records, good, bad = result.total("records"), result.total("good"), result.total("quarantined")
+    table = Table(title=f"{result.source} — run {result.run_id} ({result.selection})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("records in", f"{records:,}")
+    table.add_row("good", f"{good:,}")
+    table.add_row("quarantined", f"{bad:,} ({bad / records:.2%})" if records else "0")
+    for reason, n in result.by_reason.items():
+        table.add_row(f"  {reason}", f"{n:,}")
+    table.add_row("duplicate keys resolved", f"{result.total('duplicates_resolved'):,}")
+    table.add_row("partitions committed", f"{len(result.committed):,}")
+    table.add_row("partitions rejected", f"{len(result.rejected):,}")
+    table.add_row("throughput", f"{records / result.seconds:,.0f} records/s ({result.seconds:.1f} s)")
+    console.print(table)
+    for r in result.rejected:
+        console.print(f"[red]rejected[/] {r['key']}={r['partition']}: {r['problem']}")
+    if result.skipped_files:
+        console.print(f"[yellow]skipped[/] {len(result.skipped_files)} landing file(s) with an unknown format or "
+                      f"outside a YYYY-MM-DD folder, e.g. {result.skipped_files[0]}")

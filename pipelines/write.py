@@ -1,0 +1,175 @@
+"""WritePartitions: resolve duplicates, apply the quarantine threshold and the expectation
+suite, then commit each partition atomically (data, quarantine, results, manifest last)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from contracts.arrow import arrow_schema
+from contracts.model import Contract
+from pipelines import lake
+from pipelines.decode import PROVENANCE, Decoded
+from validation import quarantine as Q
+from validation import reasons as R
+
+COMMITTED, REJECTED = "committed", "rejected"
+
+
+@dataclass(frozen=True)
+class Locations:
+    lake: str
+    quarantine: str
+    state_dir: str
+
+
+def resolve_duplicates(contract: Contract, good: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Keep the latest row per key (by event time, then landing order); return (kept, superseded)."""
+    keys = list(contract.key_fields)
+    if good.num_rows < 2:
+        return good, good.slice(0, 0)
+    order = [(k, "ascending") for k in keys]
+    if contract.event_time:
+        order.append((contract.event_time, "descending"))
+    order += [("_file", "descending"), ("_line", "descending")]
+    ranked = good.take(pc.sort_indices(good, sort_keys=order))
+    first = np.ones(ranked.num_rows, dtype=bool)
+    same = np.ones(ranked.num_rows - 1, dtype=bool)
+    for k in keys:
+        col = ranked.column(k).to_numpy()
+        same &= col[1:] == col[:-1]
+    first[1:] = ~same
+    if first.all():
+        return good, good.slice(0, 0)
+    mask = pa.array(first)
+    return ranked.filter(mask), ranked.filter(pc.invert(mask))
+
+
+class _WriteFn(beam.DoFn):
+    def __init__(self, contract: Contract, source: str, where: Locations, run_id: str, validate: bool = True):
+        self.contract, self.source, self.where, self.run_id, self.validate = contract, source, where, run_id, validate
+        self._suite = None
+
+    def setup(self):
+        if self.validate:
+            from validation.expectations import SuiteRunner
+
+            self._suite = SuiteRunner(self.contract)
+
+    def process(self, element):
+        partition, decoded = element
+        yield write_partition(self.contract, self.source, partition, list(decoded), self.where, self.run_id, self._suite)
+
+
+def write_partition(contract: Contract, source: str, partition: str, decoded: list[Decoded],
+                    where: Locations, run_id: str, suite=None) -> dict:
+    started = time.time()
+    key = contract.partitioning.key
+    decoded.sort(key=lambda d: d.input["path"])
+    inputs = [d.input for d in decoded]
+    unreadable = [d.input for d in decoded if d.input.get("error")]
+    records = sum(i.get("records", 0) for i in inputs)
+    good = pa.concat_tables([d.good for d in decoded]) if decoded else None
+    quarantine = pa.concat_tables([d.quarantine for d in decoded]) if decoded else Q.empty()
+    good, superseded = resolve_duplicates(contract, good)
+    if superseded.num_rows:
+        quarantine = pa.concat_tables([quarantine, _superseded_records(contract, source, partition, superseded, run_id)])
+    good = _sorted(contract, good.drop_columns(list(PROVENANCE))).cast(arrow_schema(contract))
+    assert good.num_rows + quarantine.num_rows == records, "good + quarantined must equal input records"
+    by_reason = Q.counts_by_reason(quarantine)
+    report = {
+        "source": source, "partition": partition, "key": key, "run_id": run_id, "records": records,
+        "good": good.num_rows, "quarantined": quarantine.num_rows, "by_reason": by_reason,
+        "duplicates_resolved": superseded.num_rows, "inputs": inputs,
+    }
+    share = quarantine.num_rows / records if records else 0.0
+    problem = None
+    if unreadable:
+        problem = "unreadable input: " + "; ".join(f"{i['path']}: {i['error']}" for i in unreadable)
+    elif share > contract.quarantine_threshold:
+        problem = (f"quarantine share {share:.1%} is above the contract's threshold "
+                   f"{contract.quarantine_threshold:.1%}")
+    suite_result = None
+    if problem is None and suite is not None:
+        suite_result = suite.validate(good)
+        if not suite_result.success:
+            problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
+    part_dir = lake.partition_dir(where.lake, source, key, partition)
+    q_dir = lake.partition_dir(where.quarantine, source, key, partition)
+    docs = lake.join(where.state_dir, "data_docs", source, f"{key}={partition}.html")
+    if suite_result is not None:
+        lake.write_bytes(docs, suite.render_html(suite_result).encode())
+        report["expectations"] = {"success": suite_result.success, "failed_blocking": suite_result.failed_blocking,
+                                  "failed_warnings": suite_result.failed_warnings, "data_docs": docs}
+    if problem is not None:
+        rejected = lake.join(where.quarantine, source, "_rejected", run_id, f"{key}={partition}.parquet")
+        if quarantine.num_rows:
+            lake.write_parquet(rejected, quarantine)
+            report["rejected_quarantine"] = rejected
+        report.update(status=REJECTED, problem=problem, seconds=time.time() - started)
+        return report
+    data_name = f"part-{run_id}-00000.parquet"
+    data_file = lake.write_parquet(lake.join(part_dir, data_name), good)
+    q_name = f"part-{run_id}.parquet"
+    lake.write_parquet(lake.join(q_dir, q_name), quarantine)
+    files = [{"name": data_name, "rows": data_file["rows"], "bytes": data_file["bytes"], "sha256": data_file["sha256"]}]
+    keep = {data_name, lake.MANIFEST}
+    if suite_result is not None:
+        results_name = f"_expectations-{run_id}.json"
+        lake.write_bytes(lake.join(part_dir, results_name), suite_result.to_json())
+        keep.add(results_name)
+        report["expectations"]["results"] = results_name
+    manifest = {
+        "source": source, "partition": {"key": key, "value": partition}, "rows": good.num_rows,
+        "files": files, "quarantine": {"rows": quarantine.num_rows, "by_reason": by_reason, "directory": q_dir,
+                                       "files": [q_name]},
+        "duplicates_resolved": superseded.num_rows,
+        "contract": {"id": contract.id, "version": contract.version, "path": contract.path},
+        "run_id": run_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inputs": inputs, "expectations": report.get("expectations"),
+    }
+    lake.write_atomically(lake.join(part_dir, lake.MANIFEST), json.dumps(manifest, indent=1).encode(), run_id)
+    # Committed: now the previous run's files and any killed run's leftovers can go.
+    lake.remove_unlisted(part_dir, keep)
+    lake.remove_unlisted(q_dir, {q_name})
+    report.update(status=COMMITTED, seconds=time.time() - started, manifest=lake.join(part_dir, lake.MANIFEST))
+    return report
+
+
+def _sorted(contract: Contract, table: pa.Table) -> pa.Table:
+    order = ([(contract.event_time, "ascending")] if contract.event_time else []) + \
+        [(k, "ascending") for k in contract.key_fields]
+    return table.take(pc.sort_indices(table, sort_keys=order))
+
+
+def _superseded_records(contract: Contract, source: str, partition: str, rows: pa.Table, run_id: str) -> pa.Table:
+    from pipelines.readers import payloads_at
+
+    out = []
+    lines = rows.column("_line").to_numpy()
+    for path in pc.unique(rows.column("_file")).to_pylist():
+        picked = lines[pc.equal(rows.column("_file"), path).to_numpy(zero_copy_only=False)]
+        payloads = payloads_at(path, lake.read_bytes(path), picked)
+        n = len(picked)
+        out.append(Q.records(source, partition, path, picked, pa.repeat(pa.scalar(R.DUPLICATE_KEY), n),
+                             pa.repeat(pa.scalar(",".join(contract.key_fields)), n),
+                             pa.array(payloads, pa.large_binary()), run_id))
+    return pa.concat_tables(out)
+
+
+class WritePartitions(beam.PTransform):
+    """(partition, Decoded) pairs -> one report dict per partition (committed or rejected)."""
+
+    def __init__(self, contract: Contract, source: str, where: Locations, run_id: str, validate: bool = True):
+        super().__init__()
+        self.contract, self.source, self.where, self.run_id, self.validate = contract, source, where, run_id, validate
+
+    def expand(self, decoded):
+        return (decoded
+                | "GroupByPartition" >> beam.GroupByKey()
+                | "Commit" >> beam.ParDo(_WriteFn(self.contract, self.source, self.where, self.run_id, self.validate)))

@@ -1,0 +1,1 @@
+"""Vectorized row rules, Great Expectations suites from contracts, quarantine records."""
