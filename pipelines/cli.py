@@ -38,7 +38,10 @@ def main_options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
 ):
     _state["project"] = project or _default_project()
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s", force=True)
+    level = logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("great_expectations", "apache_beam"):
+        logging.getLogger(noisy).setLevel(level)
 
 
 def _console():

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from contracts.arrow import TIMESTAMP, arrow_schema, coerce
 from contracts.model import Contract
+from pipelines.faults import checkpoint
 from pipelines.readers import read_records, strip_terminator
 from validation import quarantine as Q
 from validation import reasons as R
@@ -104,6 +105,7 @@ class _DecodeFn(beam.DoFn):
         except (OSError, pa.ArrowException) as exc:
             # The partition is then rejected by WritePartitions, naming the file and the error.
             decoded = unreadable(self.contract, landing, exc)
+        checkpoint("after_decode")
         yield decoded.partition, decoded
 
 

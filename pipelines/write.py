@@ -15,6 +15,7 @@ from contracts.arrow import arrow_schema
 from contracts.model import Contract
 from pipelines import lake
 from pipelines.decode import PROVENANCE, Decoded
+from pipelines.faults import checkpoint
 from validation import quarantine as Q
 from validation import reasons as R
 
@@ -115,8 +116,10 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
         return report
     data_name = f"part-{run_id}-00000.parquet"
     data_file = lake.write_parquet(lake.join(part_dir, data_name), good)
+    checkpoint("after_data_files")
     q_name = f"part-{run_id}.parquet"
     lake.write_parquet(lake.join(q_dir, q_name), quarantine)
+    checkpoint("after_quarantine")
     files = [{"name": data_name, "rows": data_file["rows"], "bytes": data_file["bytes"], "sha256": data_file["sha256"]}]
     keep = {data_name, lake.MANIFEST}
     if suite_result is not None:
@@ -133,11 +136,14 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
         "run_id": run_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "inputs": inputs, "expectations": report.get("expectations"),
     }
+    checkpoint("before_manifest")
     lake.write_atomically(lake.join(part_dir, lake.MANIFEST), json.dumps(manifest, indent=1).encode(), run_id)
+    checkpoint("after_manifest")
     # Committed: now the previous run's files and any killed run's leftovers can go.
     lake.remove_unlisted(part_dir, keep)
     lake.remove_unlisted(q_dir, {q_name})
     report.update(status=COMMITTED, seconds=time.time() - started, manifest=lake.join(part_dir, lake.MANIFEST))
+    checkpoint("after_first_partition")
     return report
 
 

@@ -109,6 +109,7 @@ class SuiteRunner:
         asset = source.add_dataframe_asset(contract.name)
         self.batch_definition = asset.add_batch_definition_whole_dataframe("partition")
         self.suite = self.context.suites.add(build_suite(contract))
+        self._view = self._renderer = None
 
     def validate(self, table: pa.Table) -> SuiteResult:
         frame = table.select(list(self.contract.field_names)).to_pandas(types_mapper=None)
@@ -129,7 +130,9 @@ class SuiteRunner:
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
-        return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(suite_result.validation))
+        if self._view is None:  # one view: its Jinja environment caches the compiled templates
+            self._view, self._renderer = DefaultJinjaPageView(), ValidationResultsPageRenderer()
+        return self._view.render(self._renderer.render(suite_result.validation))
 
 
 def _describe(kwargs: dict) -> str:
