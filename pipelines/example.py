@@ -52,7 +52,10 @@ def load_movielens():
 
 
 def already_landed(project: Project) -> bool:
-    return any(lake.list_dir(lake.join(project.landing, s)) for s in ("ratings", "movies"))
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = [lake.join(project.landing, s, "*", "*") for s in ("ratings", "movies")]
+    return any(result.metadata_list for result in FileSystems.match(pattern))
 
 
 def land(project: Project, seed: int = 7, force: bool = False) -> dict[str, Landed]:

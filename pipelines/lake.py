@@ -68,6 +68,7 @@ def write_parquet(path: str, table: pa.Table) -> dict:
 
 
 def list_dir(directory: str) -> list[str]:
+    """Files directly in ``directory`` (not folders)."""
     try:
         return [m.path for m in FileSystems.match([join(directory, "*")])[0].metadata_list]
     except Exception:
@@ -96,15 +97,12 @@ class Committed:
 
 
 def committed_partitions(lake: str, source: str, key: str) -> list[Committed]:
-    root = join(lake, source)
+    pattern = join(lake, source, f"{key}=*", MANIFEST)
     out = []
-    for path in list_dir(root):
-        name = posixpath.basename(path.rstrip("/"))
-        if not name.startswith(f"{key}="):
-            continue
-        manifest = read_manifest(path)
-        if manifest is not None:
-            out.append(Committed(name.split("=", 1)[1], path, manifest))
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        directory = posixpath.dirname(meta.path)
+        value = posixpath.basename(directory).split("=", 1)[1]
+        out.append(Committed(value, directory, json.loads(read_bytes(meta.path))))
     return sorted(out, key=lambda c: c.value)
 
 

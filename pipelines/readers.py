@@ -80,7 +80,9 @@ def _line_span(lines: "_Lines", i: int) -> int:
 
 
 def strip_terminator(payload: bytes) -> bytes:
-    return payload[:-1] if payload.endswith(b"\n") else payload
+    if payload.endswith(b"\n"):
+        payload = payload[:-1]
+    return payload[:-1] if payload.endswith(b"\r") else payload
 
 
 def _split_lines(data: bytes) -> _Lines:
@@ -141,6 +143,12 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
         invalid_texts.append(row.text.encode("utf-8", "surrogateescape") if isinstance(row.text, str) else row.text)
         return "skip"
 
+    bad_set = set(bad_utf8.tolist())
+    candidates = np.array([i for i in data_idx if i not in bad_set], dtype=np.int64) if bad_set else data_idx
+    if not len(candidates):  # header only, or every line undecodable
+        empty = pa.table({c: pa.array([], pa.string()) for c in columns})
+        return _assemble(lines, raw_all, data_idx, candidates, _text_columns(empty, fields, 0),
+                         np.array([], np.int64), bad_utf8, columns, fields)
     # Bad UTF-8 lines are blanked out before parsing, then reported on their own.
     body = lines.data[lines.starts[header_idx]:]
     if len(bad_utf8):
@@ -152,8 +160,6 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
         convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
-    bad_set = set(bad_utf8.tolist())
-    candidates = np.array([i for i in data_idx if i not in bad_set], dtype=np.int64) if bad_set else data_idx
     invalid_idx = _locate(raw_all, candidates, invalid_texts)
     parsed_idx = np.setdiff1d(candidates, invalid_idx, assume_unique=True)
     if len(parsed_idx) != table.num_rows:

@@ -88,7 +88,9 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
         "good": good.num_rows, "quarantined": quarantine.num_rows, "by_reason": by_reason,
         "duplicates_resolved": superseded.num_rows, "inputs": inputs,
     }
-    share = quarantine.num_rows / records if records else 0.0
+    # Superseded duplicates are resolved, not bad data: they do not count toward the threshold.
+    rejected_rows = quarantine.num_rows - superseded.num_rows
+    share = rejected_rows / records if records else 0.0
     problem = None
     if unreadable:
         problem = "unreadable input: " + "; ".join(f"{i['path']}: {i['error']}" for i in unreadable)

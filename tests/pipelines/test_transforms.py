@@ -1,0 +1,107 @@
+"""Each pipeline stage in memory: beam.Create + assert_that, as Beam's own examples test them."""
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from contracts.loader import load_contract
+from pipelines import lake
+from pipelines.decode import DecodeUnderContract, LandingFile, decode_file
+from pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions, resolve_duplicates, write_partition
+from tests.conftest import EXAMPLE
+
+RATINGS = load_contract(EXAMPLE / "contracts" / "ratings.yaml")
+NOW_US = int(time.time() * 1_000_000)
+HEADER = "userId,movieId,rating,timestamp\n"
+
+
+def _landing(tmp_path, day: str, text: str, name="r.csv") -> LandingFile:
+    path = tmp_path / "landing" / "ratings" / day / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return LandingFile(str(path), day, day[:7], path.stat().st_size, path.stat().st_mtime)
+
+
+def test_decode_under_contract(tmp_path):
+    a = _landing(tmp_path, "2009-12-14", HEADER + "1,2,4.0,1260759144\n1,x,4.0,1260759144\n")
+    b = _landing(tmp_path, "2010-01-02", HEADER + "3,4,5.0,1262434000\n")
+    with TestPipeline() as p:
+        out = (p | beam.Create([a, b]) | DecodeUnderContract(RATINGS, "ratings", NOW_US, "run")
+               | beam.Map(lambda kv: (kv[0], kv[1].good.num_rows, kv[1].quarantine.column("reason").to_pylist())))
+        assert_that(out, equal_to([("2009-12", 1, ["type_mismatch"]), ("2010-01", 1, [])]))
+
+
+def test_write_partitions_commits_and_resolves_duplicates(tmp_path):
+    day1 = _landing(tmp_path, "2009-12-14", HEADER + "1,2,4.0,1260759144\n1,3,4.0,1260759144\n")
+    # the same key a day later: the later event wins, the earlier one goes to quarantine
+    day2 = _landing(tmp_path, "2009-12-15", HEADER + "1,2,2.0,1260845544\n")
+    where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
+    decoded = [(d.partition, decode_file(RATINGS, "ratings", d, open(d.path, "rb").read(), NOW_US, "run"))
+               for d in (day1, day2)]
+    with TestPipeline() as p:
+        reports = (p | beam.Create(decoded) | WritePartitions(RATINGS, "ratings", where, "run")
+                   | beam.Map(lambda r: (r["partition"], r["status"], r["good"], r["by_reason"])))
+        assert_that(reports, equal_to([("2009-12", COMMITTED, 2, {"duplicate_key": 1})]))
+    table = lake.read_source(where.lake, "ratings", "month")
+    assert sorted(zip(table["movieId"].to_pylist(), table["rating"].to_pylist())) == [(2, 2.0), (3, 4.0)]
+    q = lake.read_quarantine(where.quarantine, where.lake, "ratings", "month").to_pylist()
+    assert [(r["reason"], r["line"], r["payload"]) for r in q] == [("duplicate_key", 2, b"1,2,4.0,1260759144")]
+
+
+def test_resolve_duplicates_keeps_latest_then_last_landed():
+    t = pa.table({"userId": [1, 1, 1, 2], "movieId": [5, 5, 5, 5], "rating": [1.0, 2.0, 3.0, 4.0],
+                  "timestamp": pa.array([10, 30, 30, 10], pa.timestamp("us", tz="UTC")),
+                  "_file": ["a", "a", "b", "a"], "_line": [2, 3, 2, 4]})
+    kept, lost = resolve_duplicates(RATINGS, t)
+    assert sorted(kept["rating"].to_pylist()) == [3.0, 4.0]
+    assert sorted(lost["rating"].to_pylist()) == [1.0, 2.0]
+
+
+def _decoded(tmp_path, text: str):
+    d = _landing(tmp_path, "2009-12-14", HEADER + text)
+    return decode_file(RATINGS, "ratings", d, open(d.path, "rb").read(), NOW_US, "run")
+
+
+def test_threshold_rejects_partition_and_keeps_previous_commit(tmp_path):
+    where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
+    good = _decoded(tmp_path, "1,2,4.0,1260759144\n")
+    assert write_partition(RATINGS, "ratings", "2009-12", [good], where, "run1")["status"] == COMMITTED
+    bad = _decoded(tmp_path, "1,2,4.0,1260759144\n" + "1,2,9.0,1260759144\n" * 3)
+    report = write_partition(RATINGS, "ratings", "2009-12", [bad], where, "run2")
+    assert report["status"] == REJECTED and "threshold" in report["problem"]
+    [committed] = lake.committed_partitions(where.lake, "ratings", "month")
+    assert committed.manifest["run_id"] == "run1"  # readers still see the last good commit
+    assert lake.read_partition(committed).num_rows == 1
+
+
+def test_blocking_expectation_stops_commit_and_warning_does_not(tmp_path):
+    from validation.expectations import SuiteRunner
+
+    text = (EXAMPLE / "contracts" / "ratings.yaml").read_text().replace("mustBeGreaterThan: 0", "mustBeGreaterThan: 5")
+    strict_path = tmp_path / "strict.yaml"
+    strict_path.write_text(text)
+    strict = load_contract(strict_path)
+    where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
+    decoded = _decoded(tmp_path, "1,2,4.0,1260759144\n")
+    report = write_partition(strict, "ratings", "2009-12", [decoded], where, "run", SuiteRunner(strict))
+    assert report["status"] == REJECTED
+    assert "expect_table_row_count_to_be_between" in report["problem"]
+    assert lake.committed_partitions(where.lake, "ratings", "month") == []
+    warn_path = tmp_path / "warn.yaml"
+    warn_path.write_text(text.replace("severity: error", "severity: warning"))
+    warn = load_contract(warn_path)
+    report = write_partition(warn, "ratings", "2009-12", [decoded], where, "run", SuiteRunner(warn))
+    assert report["status"] == COMMITTED
+    assert report["expectations"]["failed_warnings"] and not report["expectations"]["failed_blocking"]
+    [c] = lake.committed_partitions(where.lake, "ratings", "month")
+    results = lake.read_bytes(lake.join(c.directory, c.manifest["expectations"]["results"]))
+    assert b'"success": true' in results
+    assert (tmp_path / "state" / "data_docs" / "ratings" / "month=2009-12.html").exists()
+
+
+def test_unsafe_partition_names_are_refused(tmp_path):
+    with pytest.raises(ValueError):
+        lake.partition_dir(str(tmp_path), "ratings", "month", "../../etc")
