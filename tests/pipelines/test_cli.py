@@ -1,0 +1,154 @@
+"""The CLI end to end, as a user runs it: the example nightly, reruns, and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contracts.project import load_project
+from pipelines import lake
+from tests.conftest import EXAMPLE
+
+MILLRACE = [sys.executable, "-m", "pipelines.cli"]
+
+
+def run(args, env_state: Path, project: Path | None = None, check: bool = True, timeout: int = 600):
+    env = dict(os.environ, MILLRACE_STATE_DIR=str(env_state), COLUMNS="120")
+    env.pop("MILLRACE_KILL_AT", None)
+    cmd = MILLRACE + (["--project", str(project)] if project else []) + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def nightly_state(tmp_path_factory):
+    """One nightly run of the bundled example (the README's main command), shared by the checks below."""
+    state = tmp_path_factory.mktemp("nightly")
+    proc = run(["nightly"], state)
+    return state, proc.stdout
+
+
+def test_nightly_ingests_every_landed_record(nightly_state):
+    state, out = nightly_state
+    assert "nightly done" in out
+    os.environ["MILLRACE_STATE_DIR"] = str(state)
+    project = load_project(EXAMPLE)
+    for source, key, good_rows in (("ratings", "month", 100_004), ("movies", "dt", 9_066)):
+        parts = lake.committed_partitions(project.lake, source, key)
+        landed = sum(i["records"] for p in parts for i in p.manifest["inputs"])
+        good = lake.read_source(project.lake, source, key)
+        quarantine = lake.read_quarantine(project.quarantine, project.lake, source, key)
+        assert good.num_rows + quarantine.num_rows == landed
+        assert good.num_rows == good_rows  # every real MovieLens record is kept
+        planted = json.loads(Path(state, "example", f"planted-{source}.json").read_text())
+        got = {(r["file"], r["line"]): r["reason"] for r in quarantine.select(["file", "line", "reason"]).to_pylist()}
+        assert len(planted) == quarantine.num_rows
+        for p in planted:
+            assert got.get((p["file"], p["line"])) == p["reason"], p
+    assert len(lake.committed_partitions(project.lake, "ratings", "month")) == 246
+    assert Path(state, "data_docs", "ratings", "index.html").exists()
+
+
+def test_nightly_rerun_is_a_no_op(nightly_state):
+    state, _ = nightly_state
+    out = run(["nightly"], state).stdout
+    assert out.count("nothing to ingest") == 2
+
+
+def test_ingest_date_rebuilds_one_partition_without_duplicates(nightly_state):
+    state, _ = nightly_state
+    before = run(["lake", "ls", "--source", "ratings"], state).stdout
+    out = run(["ingest", "--source", "ratings", "--date", "2016-10-03"], state).stdout
+    assert "partitions committed" in out
+    after = run(["lake", "ls", "--source", "ratings"], state).stdout
+    rows = lambda text: [line.split("run=")[0] for line in text.splitlines()]  # noqa: E731
+    assert rows(before) == rows(after)
+    assert "month=2016-10" in after
+
+
+def test_quarantine_can_be_inspected(nightly_state):
+    state, _ = nightly_state
+    out = run(["lake", "quarantine", "--source", "ratings", "--reason", "bad_encoding", "--limit", "3"], state).stdout
+    assert out.count("bad_encoding(") == 3
+    assert "40 quarantined rows" in out
+
+
+def _assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_source(tmp_path):
+    _assert_one_line_error(run(["ingest", "--source", "nope"], tmp_path, check=False), "unknown source 'nope'", "ratings")
+
+
+def test_missing_landing_folder(tmp_path):
+    _assert_one_line_error(run(["ingest", "--source", "ratings"], tmp_path, check=False), "landing folder", "does not exist")
+
+
+def test_empty_range(nightly_state):
+    state, _ = nightly_state
+    proc = run(["ingest", "--source", "ratings", "--from", "1980-01-01", "--to", "1980-12-31"], state, check=False)
+    _assert_one_line_error(proc, "no landing files", "1980-01-01")
+
+
+def test_bad_date(tmp_path):
+    _assert_one_line_error(run(["ingest", "--source", "ratings", "--date", "13/01/2020"], tmp_path, check=False),
+                           "--date", "YYYY-MM-DD")
+
+
+def test_malformed_contract(project_dir, tmp_path):
+    contract = project_dir / "contracts" / "ratings.yaml"
+    contract.write_text(contract.read_text().replace("logicalType: integer", "logicalType: int", 1))
+    proc = run(["ingest", "--source", "ratings"], tmp_path, project=project_dir, check=False)
+    _assert_one_line_error(proc, str(contract), "logicalType")
+    lint = run(["contracts", "lint", str(contract), str(project_dir / "contracts" / "movies.yaml")], tmp_path, check=False)
+    assert lint.returncode == 1 and "ok    " in lint.stdout and "logicalType" in lint.stderr
+
+
+def test_malformed_project_file(project_dir, tmp_path):
+    (project_dir / "millrace.yaml").write_text("name: x\nsources:\n  ratings:\n    contrakt: a.yaml\n")
+    proc = run(["ingest", "--source", "ratings"], tmp_path, project=project_dir, check=False)
+    _assert_one_line_error(proc, "millrace.yaml", "sources.ratings")
+
+
+def test_unreadable_file_fails_the_run_naming_it(project_dir, tmp_path):
+    folder = tmp_path / "landing" / "ratings" / "2009-12-14"
+    folder.mkdir(parents=True)
+    (folder / "good.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,1260759144\n")
+    (folder / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    proc = run(["ingest", "--source", "ratings"], tmp_path, project=project_dir, check=False)
+    assert proc.returncode == 1
+    assert "broken.parquet" in proc.stderr and "month=2009-12" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert lake.committed_partitions(str(tmp_path / "lake"), "ratings", "month") == []
+
+
+def test_over_threshold_partition_fails_run_naming_it(project_dir, tmp_path):
+    folder = tmp_path / "landing" / "ratings" / "2009-12-14"
+    folder.mkdir(parents=True)
+    (folder / "r.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,1260759144\n1,3,11,1260759144\n")
+    other = tmp_path / "landing" / "ratings" / "2010-01-05"
+    other.mkdir(parents=True)
+    (other / "r.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,1262700000\n")
+    proc = run(["ingest", "--source", "ratings"], tmp_path, project=project_dir, check=False)
+    assert proc.returncode == 1
+    assert "month=2009-12" in proc.stderr and "threshold" in proc.stderr
+    committed = [p.value for p in lake.committed_partitions(str(tmp_path / "lake"), "ratings", "month")]
+    assert committed == ["2010-01"]
+
+
+def test_help_is_fast_and_lists_commands(tmp_path):
+    proc = run(["--help"], tmp_path)
+    for command in ("nightly", "ingest", "contracts", "example", "lake"):
+        assert command in proc.stdout
