@@ -68,15 +68,9 @@ class _Lines:
 
     def array(self) -> pa.Array:
         """Each line's bytes, terminator included, as one binary array over the file's buffer (no copy)."""
-        offsets = np.append(self.starts, self.starts[-1] + _line_span(self, -1)) if len(self) else np.zeros(1, np.int64)
+        offsets = np.append(self.starts, len(self.data)).astype(np.int64)
         return pa.LargeBinaryArray.from_buffers(
-            pa.large_binary(), len(self), [None, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(self.data)])
-
-
-def _line_span(lines: "_Lines", i: int) -> int:
-    """Bytes of line i including its terminator."""
-    nxt = lines.starts[i + 1] if i + 1 < len(lines) and i != -1 else len(lines.data)
-    return int(nxt - lines.starts[i])
+            pa.large_binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
 
 
 def strip_terminator(payload: bytes) -> bytes:
@@ -98,18 +92,20 @@ def _split_lines(data: bytes) -> _Lines:
 
 
 def _bad_utf8_lines(data: bytes, lines: _Lines) -> np.ndarray:
-    """Indices of lines that are not valid UTF-8 (one decode pass; loops only over bad lines)."""
-    bad, pos = [], 0
-    while True:
+    """Indices of lines that are not valid UTF-8: one decode of the whole file, and a look at
+    single lines only from the first bad byte on."""
+    try:
+        data.decode("utf-8")
+        return np.array([], dtype=np.int64)
+    except UnicodeDecodeError as exc:
+        first = int(np.searchsorted(lines.starts, exc.start, side="right") - 1)
+    bad = []
+    for i in range(first, len(lines)):
         try:
-            data[pos:].decode("utf-8")
-            return np.array(bad, dtype=np.int64)
-        except UnicodeDecodeError as exc:
-            idx = int(np.searchsorted(lines.starts, pos + exc.start, side="right") - 1)
-            bad.append(idx)
-            if idx + 1 >= len(lines):
-                return np.array(bad, dtype=np.int64)
-            pos = int(lines.starts[idx + 1])
+            data[lines.starts[i]:lines.ends[i]].decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(i)
+    return np.array(bad, dtype=np.int64)
 
 
 def _blank(lines: _Lines) -> np.ndarray:
@@ -143,8 +139,7 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
         invalid_texts.append(row.text.encode("utf-8", "surrogateescape") if isinstance(row.text, str) else row.text)
         return "skip"
 
-    bad_set = set(bad_utf8.tolist())
-    candidates = np.array([i for i in data_idx if i not in bad_set], dtype=np.int64) if bad_set else data_idx
+    candidates = np.setdiff1d(data_idx, bad_utf8, assume_unique=True)
     if not len(candidates):  # header only, or every line undecodable
         empty = pa.table({c: pa.array([], pa.string()) for c in columns})
         return _assemble(lines, raw_all, data_idx, candidates, _text_columns(empty, fields, 0),
@@ -303,34 +298,26 @@ class _LazyJson:
 # -- shared ----------------------------------------------------------------------------------
 
 def _text_columns(table: pa.Table, fields, n: int) -> pa.Table:
+    """The contract's fields as text columns; absent ones all null."""
     cols = {}
     for f in fields:
-        if f in table.column_names:
-            col = table.column(f).combine_chunks() if isinstance(table.column(f), pa.ChunkedArray) else table.column(f)
-            if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-                col = col.cast(pa.string())
-            elif not pa.types.is_string(col.type):
-                col = col.cast(pa.string())
-            cols[f] = col
-        else:
-            cols[f] = pa.nulls(n, pa.string())
+        cols[f] = table.column(f).combine_chunks().cast(pa.string()) if f in table.column_names else pa.nulls(n, pa.string())
     return pa.table(cols)
 
 
 def _missing_columns(columns, fields, n):
     missing = [f for f in fields if f not in columns]
     if missing:
-        return pa.array([MISSING_COLUMN] * n, pa.string()), pa.array([missing[0]] * n, pa.string())
+        return pa.repeat(pa.scalar(MISSING_COLUMN), n), pa.repeat(pa.scalar(missing[0]), n)
     return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
 
 
 def _assemble(lines, raw_all, data_idx, parsed_idx, text, invalid_idx, bad_utf8, columns, fields):
     """Put parsed rows and broken lines back in file order, one reason per broken line."""
     n = len(data_idx)
-    pos = {"parsed": np.searchsorted(data_idx, parsed_idx)}
     # Text table over all data lines: parsed rows in their place, nulls elsewhere.
     scatter = np.full(n, -1, dtype=np.int64)
-    scatter[pos["parsed"]] = np.arange(len(parsed_idx))
+    scatter[np.searchsorted(data_idx, parsed_idx)] = np.arange(len(parsed_idx))
     take = pa.array(scatter, pa.int64(), mask=scatter < 0)
     full_text = text.take(take) if n else text.slice(0, 0)
     reason = np.full(n, None, dtype=object)
