@@ -124,7 +124,7 @@ def read_quarantine(quarantine: str, lake: str, source: str, key: str) -> pa.Tab
     """The quarantined rows of every committed partition."""
     tables = []
     for c in committed_partitions(lake, source, key):
-        q = c.manifest["quarantine"]
-        for f in q["files"]:
-            tables.append(pq.read_table(io.BytesIO(read_bytes(join(q["directory"], f)))))
+        directory = partition_dir(quarantine, source, key, c.value)  # not the manifest's copy: state can move
+        for f in c.manifest["quarantine"]["files"]:
+            tables.append(pq.read_table(io.BytesIO(read_bytes(join(directory, f)))))
     return pa.concat_tables(tables) if tables else pa.table({})

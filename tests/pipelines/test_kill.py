@@ -62,8 +62,8 @@ def _render(fmt: str, user, movie, rating, ts) -> str:
 def build_landing(root: Path) -> Expected:
     """Write ``<root>/ratings/<date>/ratings-<date>.{csv,jsonl}``; return what a clean run must commit.
 
-    3 months x 5 days x 12 ratings, CSV on odd-numbered days of the list, JSON lines on the others,
-    plus 8 rows that must be quarantined (at most 3 per month, under the contract's 5% threshold).
+    3 months x 5 days x 12 ratings, CSV and JSON lines on alternate days, plus 8 rows that must be
+    quarantined (at most 3 per month, under the contract's 5% threshold), two of them duplicates.
     """
     bodies: dict[dt.date, list[list]] = {}     # date -> [[line text, reason or None], ...]
     fmts: dict[dt.date, str] = {}
@@ -135,10 +135,8 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture
 def fresh_state(tmp_path, landing):
     """A new state folder with the landing set under landing/ and nothing ingested."""
-    counter = iter(range(100))
-
-    def make(name: str = "state") -> Path:
-        state = tmp_path / f"{name}-{next(counter)}"
+    def make() -> Path:
+        state = tmp_path / "lake-state"
         shutil.copytree(landing[0] / SOURCE, state / "landing" / SOURCE)
         return state
 
