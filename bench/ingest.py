@@ -1,8 +1,8 @@
 """Ingest throughput: millrace vs a naive (dict per row) Beam pipeline vs plain pyarrow.
 
-    /tmp/venv/bin/python bench/ingest.py --rows 5000000        # ~minutes: the naive pipeline is slow
-    /tmp/venv/bin/python bench/ingest.py --rows 200000         # quick run
-    /tmp/venv/bin/python bench/ingest.py --profile prof.out    # cProfile of the millrace engine only
+    /tmp/venv/bin/python bench/ingest.py --rows 5000000     # default; 2-4 min, mostly the naive pipeline
+    /tmp/venv/bin/python bench/ingest.py --rows 200000      # quick run (~15 s)
+    /tmp/venv/bin/python bench/ingest.py --profile m.prof   # cProfile of the millrace engine only
 
 Generates N MovieLens-like ratings once as daily CSV landing files (~0.5% bad rows of
 six kinds), runs every engine on them, checks they agree on the output and prints rows/s.
@@ -281,7 +281,7 @@ def main() -> None:
     ap.add_argument("--bad-share", type=float, default=0.005)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workdir", help="where data and outputs go (default: a temp dir, removed at the end)")
-    ap.add_argument("--engines", default="millrace,millrace_no_ge,pyarrow,naive_beam")
+    ap.add_argument("--engines", default="millrace,millrace_no_ge,pyarrow,naive_beam", help="comma list, run in order")
     ap.add_argument("--profile", metavar="PATH", help="only run millrace under cProfile, stats to PATH")
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="millrace-bench-"))

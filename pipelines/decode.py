@@ -6,6 +6,7 @@ Beam wrapper, one landing file per element, Arrow tables out.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -41,16 +42,29 @@ class Decoded:
     input: dict            # path, sha256, bytes, records
 
 
-def partition_values(contract: Contract, timestamps: pa.Array) -> pa.Array:
-    fmt = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}[contract.partitioning.granularity]
-    return pc.strftime(timestamps, format=fmt)
-
-
 def partition_of_date(contract: Contract, landing_date: str) -> str:
     return {"day": landing_date, "month": landing_date[:7], "year": landing_date[:4]}[contract.partitioning.granularity]
 
 
-def decode_file(contract: Contract, source: str, landing: LandingFile, data: bytes, now_us: int, run_id: str) -> Decoded:
+def partition_bounds(contract: Contract, value: str) -> tuple[pa.Scalar, pa.Scalar]:
+    """[start, end) of a partition as UTC timestamps: comparing against them is far cheaper
+    than formatting every row's event time."""
+    granularity = contract.partitioning.granularity
+    start = dt.date.fromisoformat({"day": value, "month": value + "-01", "year": value + "-01-01"}[granularity])
+    if granularity == "day":
+        end = start + dt.timedelta(days=1)
+    elif granularity == "month":
+        end = dt.date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    else:
+        end = dt.date(start.year + 1, 1, 1)
+    as_ts = lambda d: pa.scalar(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc), TIMESTAMP)  # noqa: E731
+    return as_ts(start), as_ts(end)
+
+
+def decode_file(contract: Contract, source: str, landing: LandingFile, data: bytes, now_us: int, run_id: str,
+                file_index: int = 0) -> Decoded:
+    """Decode one landing file. ``file_index`` is its position among its partition's files (the
+    provenance kept on good rows so that duplicates can be traced back to their line)."""
     records = read_records(landing.path, data, contract.field_names)
     n = records.text.num_rows
     verdicts = Verdicts(records.reason, records.field)
@@ -63,11 +77,13 @@ def decode_file(contract: Contract, source: str, landing: LandingFile, data: byt
     apply_field_rules(contract, typed, verdicts)
     flag_future_event_times(contract, typed, now_us, verdicts)
     if contract.event_time is not None:
-        inside = pc.equal(partition_values(contract, typed.column(contract.event_time)), landing.partition)
-        verdicts.flag(pc.invert(inside), R.LATE_EVENT, contract.event_time)
+        start, end = partition_bounds(contract, landing.partition)
+        event = typed.column(contract.event_time)
+        outside = pc.or_(pc.less(event, start), pc.greater_equal(event, end))
+        verdicts.flag(outside, R.LATE_EVENT, contract.event_time)
     ok = verdicts.ok
     good = typed.filter(ok).cast(arrow_schema(contract))
-    good = good.append_column("_file", pa.repeat(pa.scalar(landing.path), good.num_rows))
+    good = good.append_column("_file", pa.repeat(pa.scalar(file_index, pa.int32()), good.num_rows))
     good = good.append_column("_line", pa.array(records.line, pa.int64()).filter(ok))
     bad_idx = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
     quarantine = Q.records(
@@ -80,7 +96,7 @@ def decode_file(contract: Contract, source: str, landing: LandingFile, data: byt
 
 
 def unreadable(contract: Contract, landing: LandingFile, exc: Exception) -> Decoded:
-    schema = arrow_schema(contract).append(pa.field("_file", pa.string())).append(pa.field("_line", pa.int64()))
+    schema = arrow_schema(contract).append(pa.field("_file", pa.int32())).append(pa.field("_line", pa.int64()))
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return Decoded(landing.partition, schema.empty_table(), Q.empty(),
                    {"path": landing.path, "records": 0, "bytes": landing.size, "mtime": landing.mtime,
@@ -96,29 +112,30 @@ class _DecodeFn(beam.DoFn):
     def __init__(self, contract: Contract, source: str, now_us: int, run_id: str):
         self.contract, self.source, self.now_us, self.run_id = contract, source, now_us, run_id
 
-    def process(self, landing: LandingFile):
+    def process(self, element):
         from pipelines.lake import read_bytes
 
-        try:
-            data = read_bytes(landing.path)
-            decoded = decode_file(self.contract, self.source, landing, data, self.now_us, self.run_id)
-        except (OSError, pa.ArrowException) as exc:
-            # The partition is then rejected by WritePartitions, naming the file and the error.
-            decoded = unreadable(self.contract, landing, exc)
-        checkpoint("after_decode")
-        yield decoded.partition, decoded
+        partition, files = element
+        decoded = []
+        for index, landing in enumerate(sorted(files, key=lambda f: f.path)):
+            try:
+                data = read_bytes(landing.path)
+                decoded.append(decode_file(self.contract, self.source, landing, data, self.now_us, self.run_id, index))
+            except (OSError, pa.ArrowException) as exc:
+                # The partition is then rejected by WritePartitions, naming the file and the error.
+                decoded.append(unreadable(self.contract, landing, exc))
+            checkpoint("after_decode")
+        yield partition, decoded
 
 
 class DecodeUnderContract(beam.PTransform):
-    """LandingFile elements -> (partition, Decoded) pairs: typed good rows and quarantined rows per file."""
+    """(partition, landing files) -> (partition, [Decoded]): typed good rows and quarantined rows
+    of each file. Only file names travel between workers; the Arrow tables stay in the worker
+    that writes the partition (the next, fused, step)."""
 
     def __init__(self, contract: Contract, source: str, now_us: int, run_id: str):
         super().__init__()
         self.contract, self.source, self.now_us, self.run_id = contract, source, now_us, run_id
 
-    def expand(self, files):
-        return files | "Decode" >> beam.ParDo(_DecodeFn(self.contract, self.source, self.now_us, self.run_id))
-
-
-def micros(ts) -> int:
-    return int(pa.scalar(ts, TIMESTAMP).value)
+    def expand(self, partitions):
+        return partitions | "Decode" >> beam.ParDo(_DecodeFn(self.contract, self.source, self.now_us, self.run_id))

@@ -2,7 +2,10 @@
 
 The pipeline is three named transforms on Arrow tables::
 
-    Create(landing files) | DecodeUnderContract | WritePartitions | SaveReports
+    Create((partition, landing files)) | Reshuffle | DecodeUnderContract | WritePartitions | SaveReports
+
+Only file names cross the shuffle; a partition's Arrow tables are built and written by one
+worker, in fused steps, so they are never serialized between stages.
 
 Every Beam pipeline option passes through (``--runner``, ``--direct_running_mode``...).
 """
@@ -100,12 +103,15 @@ def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.
     if not any(a.startswith("--runner") for a in args):
         args.append(f"--runner={project.config.pipeline.runner}")
     options = PipelineOptions(list(project.config.pipeline.options) + args)
-    partitions = len({f.partition for f in files})
     started = time.time()
-    watcher = _Watcher(reports_dir, partitions, progress) if progress else None
+    groups: dict[str, list] = {}
+    for f in files:
+        groups.setdefault(f.partition, []).append(f)
+    watcher = _Watcher(reports_dir, len(groups), progress) if progress else None
     with beam.Pipeline(options=options) as pipeline:
         _ = (pipeline
-             | "LandingFiles" >> beam.Create(files)
+             | "LandingFilesByPartition" >> beam.Create(sorted(groups.items()))
+             | "Spread" >> beam.Reshuffle()
              | "DecodeUnderContract" >> DecodeUnderContract(contract, source, now_us, run_id)
              | "WritePartitions" >> WritePartitions(contract, source, where, run_id, validate)
              | "SaveReports" >> beam.Map(_save_report, reports_dir))

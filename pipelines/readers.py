@@ -152,7 +152,8 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
         io.BytesIO(body),
         read_options=pcsv.ReadOptions(use_threads=True, block_size=16 << 20),
         parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=False),
-        convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
+        # Bad UTF-8 lines were removed above, so the columns can be read as text directly.
+        convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in columns},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
     invalid_idx = _locate(raw_all, candidates, invalid_texts)

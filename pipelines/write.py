@@ -30,25 +30,30 @@ class Locations:
 
 
 def resolve_duplicates(contract: Contract, good: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Keep the latest row per key (by event time, then landing order); return (kept, superseded)."""
+    """Keep the latest row per key (by event time, then landing order) and return
+    (kept, superseded), the kept rows in event-time order for the lake.
+
+    Only rows whose key occurs more than once are ranked: duplicates are rare, and sorting
+    every row on five columns would cost more than the rest of the write."""
     keys = list(contract.key_fields)
-    if good.num_rows < 2:
-        return good, good.slice(0, 0)
-    order = [(k, "ascending") for k in keys]
-    if contract.event_time:
-        order.append((contract.event_time, "descending"))
-    order += [("_file", "descending"), ("_line", "descending")]
-    ranked = good.take(pc.sort_indices(good, sort_keys=order))
-    first = np.ones(ranked.num_rows, dtype=bool)
-    same = np.ones(ranked.num_rows - 1, dtype=bool)
-    for k in keys:
-        col = ranked.column(k).to_numpy()
-        same &= col[1:] == col[:-1]
-    first[1:] = ~same
-    if first.all():
-        return good, good.slice(0, 0)
-    mask = pa.array(first)
-    return ranked.filter(mask), ranked.filter(pc.invert(mask))
+    rows = good.append_column("_row", pa.array(np.arange(good.num_rows, dtype=np.int64)))
+    counts = rows.select(keys).group_by(keys).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts.column("count_all"), 1)).select(keys)
+    lose = np.zeros(good.num_rows, dtype=bool)
+    if repeated.num_rows:
+        candidates = rows.join(repeated, keys, join_type="left semi")
+        rank = ([contract.event_time] if contract.event_time else []) + list(PROVENANCE)
+        order = [(k, "ascending") for k in keys] + [(k, "descending") for k in rank]
+        ranked = candidates.take(pc.sort_indices(candidates, sort_keys=order))
+        same = np.ones(ranked.num_rows - 1, dtype=bool)
+        for k in keys:
+            col = ranked.column(k).to_numpy()
+            same &= col[1:] == col[:-1]
+        lose[ranked.column("_row").to_numpy()[1:][same]] = True
+    kept = np.flatnonzero(~lose)
+    if contract.event_time:  # stable: ties keep landing order, so reruns write identical files
+        kept = kept[pc.sort_indices(good.column(contract.event_time).take(kept)).to_numpy()]
+    return good.take(kept), good.take(np.flatnonzero(lose))
 
 
 class _WriteFn(beam.DoFn):
@@ -71,7 +76,6 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
                     where: Locations, run_id: str, suite=None) -> dict:
     started = time.time()
     key = contract.partitioning.key
-    decoded.sort(key=lambda d: d.input["path"])
     inputs = [d.input for d in decoded]
     unreadable = [d.input for d in decoded if d.input.get("error")]
     records = sum(i.get("records", 0) for i in inputs)
@@ -79,8 +83,10 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
     quarantine = pa.concat_tables([d.quarantine for d in decoded]) if decoded else Q.empty()
     good, superseded = resolve_duplicates(contract, good)
     if superseded.num_rows:
-        quarantine = pa.concat_tables([quarantine, _superseded_records(contract, source, partition, superseded, run_id)])
-    good = _sorted(contract, good.drop_columns(list(PROVENANCE))).cast(arrow_schema(contract))
+        paths = [d.input["path"] for d in decoded]
+        quarantine = pa.concat_tables([quarantine, _superseded_records(contract, source, partition, superseded,
+                                                                        paths, run_id)])
+    good = good.drop_columns(list(PROVENANCE)).cast(arrow_schema(contract))
     assert good.num_rows + quarantine.num_rows == records, "good + quarantined must equal input records"
     by_reason = Q.counts_by_reason(quarantine)
     report = {
@@ -149,19 +155,17 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
     return report
 
 
-def _sorted(contract: Contract, table: pa.Table) -> pa.Table:
-    order = ([(contract.event_time, "ascending")] if contract.event_time else []) + \
-        [(k, "ascending") for k in contract.key_fields]
-    return table.take(pc.sort_indices(table, sort_keys=order))
-
-
-def _superseded_records(contract: Contract, source: str, partition: str, rows: pa.Table, run_id: str) -> pa.Table:
+def _superseded_records(contract: Contract, source: str, partition: str, rows: pa.Table, paths: list[str],
+                        run_id: str) -> pa.Table:
+    """Quarantine records for superseded duplicates, with their original bytes read back from
+    their landing files (rare: only files that hold such rows are read again)."""
     from pipelines.readers import payloads_at
 
     out = []
     lines = rows.column("_line").to_numpy()
-    for path in pc.unique(rows.column("_file")).to_pylist():
-        picked = lines[pc.equal(rows.column("_file"), path).to_numpy(zero_copy_only=False)]
+    for index in pc.unique(rows.column("_file")).to_pylist():
+        picked = lines[pc.equal(rows.column("_file"), index).to_numpy(zero_copy_only=False)]
+        path = paths[index]
         payloads = payloads_at(path, lake.read_bytes(path), picked)
         n = len(picked)
         out.append(Q.records(source, partition, path, picked, pa.repeat(pa.scalar(R.DUPLICATE_KEY), n),
@@ -171,13 +175,12 @@ def _superseded_records(contract: Contract, source: str, partition: str, rows: p
 
 
 class WritePartitions(beam.PTransform):
-    """(partition, Decoded) pairs -> one report dict per partition (committed or rejected)."""
+    """(partition, [Decoded]) -> one report dict per partition (committed or rejected)."""
 
     def __init__(self, contract: Contract, source: str, where: Locations, run_id: str, validate: bool = True):
         super().__init__()
         self.contract, self.source, self.where, self.run_id, self.validate = contract, source, where, run_id, validate
 
     def expand(self, decoded):
-        return (decoded
-                | "GroupByPartition" >> beam.GroupByKey()
-                | "Commit" >> beam.ParDo(_WriteFn(self.contract, self.source, self.where, self.run_id, self.validate)))
+        return decoded | "Commit" >> beam.ParDo(_WriteFn(self.contract, self.source, self.where, self.run_id,
+                                                         self.validate))

@@ -77,12 +77,12 @@ def test_good_plus_quarantined_equals_input(kinds, blanks, fmt, crlf):
 
 def test_coerces_types_and_time_zone():
     data = b"userId,movieId,rating,timestamp\n 7 ,8,4.0,1260759144\n"
-    good = decode_file(RATINGS, "ratings", LandingFile("a.csv", "2009-12-14", "2009-12"), data, NOW_US, "r").good
+    good = decode_file(RATINGS, "ratings", LandingFile("a.csv", "2009-12-14", "2009-12"), data, NOW_US, "r", 3).good
     assert good.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     row = good.to_pylist()[0]
     assert (row["userId"], row["movieId"], row["rating"]) == (7, 8, 4.0)
     assert row["timestamp"].isoformat() == "2009-12-14T02:52:24+00:00"
-    assert (row["_file"], row["_line"]) == ("a.csv", 2)
+    assert (row["_file"], row["_line"]) == (3, 2)  # file index within its partition, physical line
 
 
 def test_file_missing_a_column_quarantines_every_row():

@@ -29,8 +29,8 @@ def test_decode_under_contract(tmp_path):
     a = _landing(tmp_path, "2009-12-14", HEADER + "1,2,4.0,1260759144\n1,x,4.0,1260759144\n")
     b = _landing(tmp_path, "2010-01-02", HEADER + "3,4,5.0,1262434000\n")
     with TestPipeline() as p:
-        out = (p | beam.Create([a, b]) | DecodeUnderContract(RATINGS, "ratings", NOW_US, "run")
-               | beam.Map(lambda kv: (kv[0], kv[1].good.num_rows, kv[1].quarantine.column("reason").to_pylist())))
+        out = (p | beam.Create([("2009-12", [a]), ("2010-01", [b])]) | DecodeUnderContract(RATINGS, "ratings", NOW_US, "run")
+               | beam.Map(lambda kv: (kv[0], kv[1][0].good.num_rows, kv[1][0].quarantine.column("reason").to_pylist())))
         assert_that(out, equal_to([("2009-12", 1, ["type_mismatch"]), ("2010-01", 1, [])]))
 
 
@@ -39,10 +39,10 @@ def test_write_partitions_commits_and_resolves_duplicates(tmp_path):
     # the same key a day later: the later event wins, the earlier one goes to quarantine
     day2 = _landing(tmp_path, "2009-12-15", HEADER + "1,2,2.0,1260845544\n")
     where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
-    decoded = [(d.partition, decode_file(RATINGS, "ratings", d, open(d.path, "rb").read(), NOW_US, "run"))
-               for d in (day1, day2)]
+    decoded = [decode_file(RATINGS, "ratings", d, open(d.path, "rb").read(), NOW_US, "run", i)
+               for i, d in enumerate((day1, day2))]
     with TestPipeline() as p:
-        reports = (p | beam.Create(decoded) | WritePartitions(RATINGS, "ratings", where, "run")
+        reports = (p | beam.Create([("2009-12", decoded)]) | WritePartitions(RATINGS, "ratings", where, "run")
                    | beam.Map(lambda r: (r["partition"], r["status"], r["good"], r["by_reason"])))
         assert_that(reports, equal_to([("2009-12", COMMITTED, 2, {"duplicate_key": 1})]))
     table = lake.read_source(where.lake, "ratings", "month")
@@ -54,7 +54,7 @@ def test_write_partitions_commits_and_resolves_duplicates(tmp_path):
 def test_resolve_duplicates_keeps_latest_then_last_landed():
     t = pa.table({"userId": [1, 1, 1, 2], "movieId": [5, 5, 5, 5], "rating": [1.0, 2.0, 3.0, 4.0],
                   "timestamp": pa.array([10, 30, 30, 10], pa.timestamp("us", tz="UTC")),
-                  "_file": ["a", "a", "b", "a"], "_line": [2, 3, 2, 4]})
+                  "_file": pa.array([0, 0, 1, 0], pa.int32()), "_line": [2, 3, 2, 4]})
     kept, lost = resolve_duplicates(RATINGS, t)
     assert sorted(kept["rating"].to_pylist()) == [3.0, 4.0]
     assert sorted(lost["rating"].to_pylist()) == [1.0, 2.0]
