@@ -6,6 +6,7 @@ all rows at once, with a mask of the rows that did not coerce.
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,10 +55,10 @@ def coerce(field: Field, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     if kind == "string":
         return pc.if_else(present, text, pa.scalar(None, pa.string())), _none(len(text))
     if kind == "integer":
-        ok = _matches(text, _INTEGER, present)
+        ok = _valid(text, present, _INTEGER, _plain_integer)
         return _cast_where(text, ok, pa.int64()), pc.and_(present, pc.invert(ok))
     if kind == "number":
-        ok = _matches(text, _NUMBER, present)
+        ok = _valid(text, present, _NUMBER, _plain_decimal)
         return _cast_where(text, ok, pa.float64()), pc.and_(present, pc.invert(ok))
     if kind == "boolean":
         lower = pc.utf8_lower(text)
@@ -102,6 +103,26 @@ def _none(n: int) -> pa.Array:
     return pa.repeat(pa.scalar(False), n)
 
 
+def _plain_integer(text: pa.Array) -> pa.Array:
+    return pc.and_(pc.ascii_is_decimal(text), pc.less_equal(pc.binary_length(text), 18))
+
+
+def _plain_decimal(text: pa.Array) -> pa.Array:
+    return pc.ascii_is_decimal(pc.replace_substring(text, ".", "", max_replacements=1))
+
+
+def _valid(text: pa.Array, present: pa.Array, regex: str, plain) -> pa.Array:
+    """Which present cells parse: a cheap character-class test for the usual spelling ("42",
+    "4.5"), and the full regular expression only for the cells that fail it (signs, exponents,
+    garbage), which are few."""
+    ok = pc.and_(present, pc.fill_null(plain(text), False)).to_numpy(zero_copy_only=False)
+    suspects = np.flatnonzero(present.to_numpy(zero_copy_only=False) & ~ok)
+    if len(suspects):
+        ok[suspects] = pc.fill_null(pc.match_substring_regex(text.take(suspects), regex), False).to_numpy(
+            zero_copy_only=False)
+    return pa.array(ok)
+
+
 def _matches(text: pa.Array, regex: str, present: pa.Array) -> pa.Array:
     return pc.and_(present, pc.fill_null(pc.match_substring_regex(text, regex), False))
 
@@ -113,7 +134,7 @@ def _cast_where(text: pa.Array, ok: pa.Array, to: pa.DataType) -> pa.Array:
 def _coerce_timestamp(field: Field, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Array]:
     encoding = field.physical_type or "iso8601"
     if encoding in ("epoch_seconds", "epoch_millis"):
-        ok = _matches(text, _INTEGER, present)
+        ok = _valid(text, present, _INTEGER, _plain_integer)
         numbers = _cast_where(text, ok, pa.int64())
         scale = 1_000_000 if encoding == "epoch_seconds" else 1_000
         # Bound to years 1677..2262 so the microsecond product cannot overflow.

@@ -104,7 +104,7 @@ def unreadable(contract: Contract, landing: LandingFile, exc: Exception) -> Deco
 
 
 def _payloads(raw, index: np.ndarray) -> pa.Array:
-    taken = raw.take(pa.array(index, pa.int64()))
+    taken = raw.take(index)
     return pa.array([strip_terminator(p) for p in taken.to_pylist()], pa.large_binary())
 
 

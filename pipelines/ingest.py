@@ -108,7 +108,7 @@ def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.
     for f in files:
         groups.setdefault(f.partition, []).append(f)
     watcher = _Watcher(reports_dir, len(groups), progress) if progress else None
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
         _ = (pipeline
              | "LandingFilesByPartition" >> beam.Create(sorted(groups.items()))
              | "Spread" >> beam.Reshuffle()
@@ -122,6 +122,25 @@ def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.
     lake.write_bytes(lake.join(reports_dir, "summary.json"), json.dumps(result.to_json(), indent=1).encode())
     _write_docs_index(project, source)
     return result
+
+
+def local_runner(options: PipelineOptions):
+    """For the DirectRunner, Beam's batch engine (FnApiRunner) itself; None for any other runner.
+
+    Beam's DirectRunner first tries the Prism runner, which downloads a binary at run time, and
+    falls back to this engine when it cannot: choosing it directly keeps runs offline and the
+    same everywhere. ``--direct_running_mode`` and ``--direct_num_workers`` still apply."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if options.view_as(StandardOptions).runner not in (None, "DirectRunner"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
 
 
 def _save_report(report: dict, reports_dir: str) -> None:

@@ -27,7 +27,7 @@ class RawRecords:
 
     text: pa.Table          # one string column per contract field (null where absent)
     line: np.ndarray        # 1-based physical line (row number for Parquet)
-    raw: pa.Array           # the original bytes of each record
+    raw: object             # .take(rows) -> the original bytes of those records
     reason: pa.Array        # reason code for rows broken before typing, else null
     field: pa.Array         # the field the reason is about, else null
     sha256: str
@@ -319,21 +319,39 @@ def _assemble(lines, raw_all, data_idx, parsed_idx, text, invalid_idx, bad_utf8,
     # Text table over all data lines: parsed rows in their place, nulls elsewhere.
     scatter = np.full(n, -1, dtype=np.int64)
     scatter[np.searchsorted(data_idx, parsed_idx)] = np.arange(len(parsed_idx))
-    take = pa.array(scatter, pa.int64(), mask=scatter < 0)
-    full_text = text.take(take) if n else text.slice(0, 0)
-    reason = np.full(n, None, dtype=object)
-    field = np.full(n, None, dtype=object)
-    reason[np.searchsorted(data_idx, invalid_idx)] = MALFORMED_RECORD
-    bad_in_data = bad_utf8[np.isin(bad_utf8, data_idx)]
-    reason[np.searchsorted(data_idx, bad_in_data)] = BAD_ENCODING
+    if len(parsed_idx) == n:  # the usual case: every line parsed
+        full_text = text
+    else:
+        full_text = text.take(pa.array(scatter, pa.int64(), mask=scatter < 0)) if n else text.slice(0, 0)
+    codes = np.full(n, -1, dtype=np.int8)  # index into _LINE_REASONS, -1: no reason yet
+    codes[np.searchsorted(data_idx, invalid_idx)] = 0
+    codes[np.searchsorted(data_idx, bad_utf8[np.isin(bad_utf8, data_idx)])] = 1
     missing = [f for f in fields if f not in columns]
     if missing:
-        untouched = np.equal(reason, None)
-        reason[untouched] = MISSING_COLUMN
-        field[untouched] = missing[0]
-    raw = raw_all.take(pa.array(data_idx, pa.int64())) if n else pa.array([], pa.large_binary())
-    return (full_text, raw, (data_idx + 1).astype(np.int64),
-            pa.array(reason, pa.string()), pa.array(field, pa.string()))
+        codes[codes < 0] = 2
+    reason = _labels(codes, _LINE_REASONS)
+    field = _labels(np.where(codes == 2, 0, -1).astype(np.int8), (missing[0] if missing else "",))
+    return full_text, _Lookup(raw_all, data_idx), (data_idx + 1).astype(np.int64), reason, field
+
+
+class _Lookup:
+    """Raw bytes of the records, fetched only for the rows that need them (quarantined ones)."""
+
+    def __init__(self, lines: pa.Array, index: np.ndarray):
+        self.lines, self.index = lines, index
+
+    def take(self, rows) -> pa.Array:
+        return self.lines.take(pa.array(self.index[np.asarray(rows, dtype=np.int64)], pa.int64()))
+
+
+_LINE_REASONS = (MALFORMED_RECORD, BAD_ENCODING, MISSING_COLUMN)
+
+
+def _labels(codes: np.ndarray, labels) -> pa.Array:
+    """Small-integer codes (-1 = null) as a string array, without a Python object per row."""
+    if (codes < 0).all():
+        return pa.nulls(len(codes), pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(list(labels))).cast(pa.string())
 
 
 def _empty(fields):
