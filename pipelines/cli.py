@@ -40,8 +40,9 @@ def main_options(
     _state["project"] = project or _default_project()
     level = logging.INFO if verbose else logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("great_expectations", "apache_beam"):
-        logging.getLogger(noisy).setLevel(level)
+    for handler in logging.getLogger().handlers:
+        # Some libraries set INFO on their own loggers; the handler decides what is shown.
+        handler.setLevel(level)
 
 
 def _console():

@@ -85,7 +85,7 @@ def plan(project: Project, source: str, start: dt.date | None = None, end: dt.da
     else:
         committed = {c.value: c.manifest for c in lake.committed_partitions(project.lake, source, contract.partitioning.key)}
         chosen = landing.pending(files, committed)
-        selection = "pending (new or changed landing files)"
+        selection = "new or changed files"
     return contract, chosen, selection, skipped
 
 

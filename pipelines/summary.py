@@ -30,7 +30,8 @@ def render(console, result) -> None:
         console.print(f"[bold]{result.source}[/]: nothing to ingest ({result.selection}); the lake is up to date.")
         return
     records, good, bad = result.total("records"), result.total("good"), result.total("quarantined")
-    table = Table(title=f"{result.source} — run {result.run_id} ({result.selection})", show_header=False)
+    table = Table(title=f"{result.source}: run {result.run_id}", caption=f"partitions: {result.selection}",
+                  show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("records in", f"{records:,}")

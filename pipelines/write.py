@@ -74,61 +74,84 @@ class _WriteFn(beam.DoFn):
 
 def write_partition(contract: Contract, source: str, partition: str, decoded: list[Decoded],
                     where: Locations, run_id: str, suite=None) -> dict:
+    """Resolve, check and commit one partition from its decoded files; returns the run report."""
     started = time.time()
-    key = contract.partitioning.key
-    inputs = [d.input for d in decoded]
-    unreadable = [d.input for d in decoded if d.input.get("error")]
-    records = sum(i.get("records", 0) for i in inputs)
-    good = pa.concat_tables([d.good for d in decoded]) if decoded else None
-    quarantine = pa.concat_tables([d.quarantine for d in decoded]) if decoded else Q.empty()
-    good, superseded = resolve_duplicates(contract, good)
+    good, quarantine, report = _merge(contract, source, partition, decoded, run_id)
+    problem = _problem(contract, decoded, report)
+    suite_result = None
+    if problem is None and suite is not None:
+        suite_result = suite.validate(good)
+        docs = lake.join(where.state_dir, "data_docs", source, f"{report['key']}={partition}.html")
+        lake.write_bytes(docs, suite.render_html(suite_result).encode())
+        report["expectations"] = {"success": suite_result.success, "failed_blocking": suite_result.failed_blocking,
+                                  "failed_warnings": suite_result.failed_warnings, "data_docs": docs}
+        if not suite_result.success:
+            problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
+    if problem is None:
+        _commit(contract, source, partition, good, quarantine, suite_result, report, where, run_id)
+    else:
+        _reject(source, partition, quarantine, problem, report, where, run_id)
+    report["seconds"] = time.time() - started
+    return report
+
+
+def _merge(contract: Contract, source: str, partition: str, decoded: list[Decoded], run_id: str):
+    """All files of the partition as one good table (duplicates resolved) and one quarantine table."""
+    records = sum(d.input.get("records", 0) for d in decoded)
+    good, superseded = resolve_duplicates(contract, pa.concat_tables([d.good for d in decoded]))
+    quarantine = pa.concat_tables([d.quarantine for d in decoded])
     if superseded.num_rows:
         paths = [d.input["path"] for d in decoded]
         quarantine = pa.concat_tables([quarantine, _superseded_records(contract, source, partition, superseded,
                                                                         paths, run_id)])
     good = good.drop_columns(list(PROVENANCE)).cast(arrow_schema(contract))
-    assert good.num_rows + quarantine.num_rows == records, "good + quarantined must equal input records"
-    by_reason = Q.counts_by_reason(quarantine)
+    if good.num_rows + quarantine.num_rows != records:
+        raise RuntimeError(f"{source} {partition}: {good.num_rows} good + {quarantine.num_rows} quarantined "
+                           f"!= {records} records in; refusing to commit")
     report = {
-        "source": source, "partition": partition, "key": key, "run_id": run_id, "records": records,
-        "good": good.num_rows, "quarantined": quarantine.num_rows, "by_reason": by_reason,
-        "duplicates_resolved": superseded.num_rows, "inputs": inputs,
+        "source": source, "partition": partition, "key": contract.partitioning.key, "run_id": run_id,
+        "records": records, "good": good.num_rows, "quarantined": quarantine.num_rows,
+        "by_reason": Q.counts_by_reason(quarantine), "duplicates_resolved": superseded.num_rows,
+        "inputs": [d.input for d in decoded],
     }
-    # Superseded duplicates are resolved, not bad data: they do not count toward the threshold.
-    rejected_rows = quarantine.num_rows - superseded.num_rows
-    share = rejected_rows / records if records else 0.0
-    problem = None
+    return good, quarantine, report
+
+
+def _problem(contract: Contract, decoded: list[Decoded], report: dict) -> str | None:
+    """Why the partition must not be committed, before expectations run; None if nothing."""
+    unreadable = [d.input for d in decoded if d.input.get("error")]
     if unreadable:
-        problem = "unreadable input: " + "; ".join(f"{i['path']}: {i['error']}" for i in unreadable)
-    elif share > contract.quarantine_threshold:
-        problem = (f"quarantine share {share:.1%} is above the contract's threshold "
-                   f"{contract.quarantine_threshold:.1%}")
-    suite_result = None
-    if problem is None and suite is not None:
-        suite_result = suite.validate(good)
-        if not suite_result.success:
-            problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
+        return "unreadable input: " + "; ".join(f"{i['path']}: {i['error']}" for i in unreadable)
+    # Superseded duplicates are resolved, not bad data: they do not count toward the threshold.
+    rejected = report["quarantined"] - report["duplicates_resolved"]
+    share = rejected / report["records"] if report["records"] else 0.0
+    if share > contract.quarantine_threshold:
+        return (f"quarantine share {share:.1%} is above the contract's threshold "
+                f"{contract.quarantine_threshold:.1%}")
+    return None
+
+
+def _reject(source: str, partition: str, quarantine: pa.Table, problem: str, report: dict, where: Locations,
+            run_id: str) -> None:
+    """Leave the last commit as it is; keep the rows that were rejected where they can be read."""
+    if quarantine.num_rows:
+        rejected = lake.join(where.quarantine, source, "_rejected", run_id, f"{report['key']}={partition}.parquet")
+        lake.write_parquet(rejected, quarantine)
+        report["rejected_quarantine"] = rejected
+    report.update(status=REJECTED, problem=problem)
+
+
+def _commit(contract: Contract, source: str, partition: str, good: pa.Table, quarantine: pa.Table, suite_result,
+            report: dict, where: Locations, run_id: str) -> None:
+    """Data, quarantine and results under run-specific names, then the manifest by rename, then cleanup."""
+    key = contract.partitioning.key
     part_dir = lake.partition_dir(where.lake, source, key, partition)
     q_dir = lake.partition_dir(where.quarantine, source, key, partition)
-    docs = lake.join(where.state_dir, "data_docs", source, f"{key}={partition}.html")
-    if suite_result is not None:
-        lake.write_bytes(docs, suite.render_html(suite_result).encode())
-        report["expectations"] = {"success": suite_result.success, "failed_blocking": suite_result.failed_blocking,
-                                  "failed_warnings": suite_result.failed_warnings, "data_docs": docs}
-    if problem is not None:
-        rejected = lake.join(where.quarantine, source, "_rejected", run_id, f"{key}={partition}.parquet")
-        if quarantine.num_rows:
-            lake.write_parquet(rejected, quarantine)
-            report["rejected_quarantine"] = rejected
-        report.update(status=REJECTED, problem=problem, seconds=time.time() - started)
-        return report
-    data_name = f"part-{run_id}-00000.parquet"
+    data_name, q_name = f"part-{run_id}-00000.parquet", f"part-{run_id}.parquet"
     data_file = lake.write_parquet(lake.join(part_dir, data_name), good)
     checkpoint("after_data_files")
-    q_name = f"part-{run_id}.parquet"
     lake.write_parquet(lake.join(q_dir, q_name), quarantine)
     checkpoint("after_quarantine")
-    files = [{"name": data_name, "rows": data_file["rows"], "bytes": data_file["bytes"], "sha256": data_file["sha256"]}]
     keep = {data_name, lake.MANIFEST}
     if suite_result is not None:
         results_name = f"_expectations-{run_id}.json"
@@ -137,12 +160,14 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
         report["expectations"]["results"] = results_name
     manifest = {
         "source": source, "partition": {"key": key, "value": partition}, "rows": good.num_rows,
-        "files": files, "quarantine": {"rows": quarantine.num_rows, "by_reason": by_reason, "directory": q_dir,
-                                       "files": [q_name]},
-        "duplicates_resolved": superseded.num_rows,
+        "files": [{"name": data_name, "rows": data_file["rows"], "bytes": data_file["bytes"],
+                   "sha256": data_file["sha256"]}],
+        "quarantine": {"rows": quarantine.num_rows, "by_reason": report["by_reason"], "directory": q_dir,
+                       "files": [q_name]},
+        "duplicates_resolved": report["duplicates_resolved"],
         "contract": {"id": contract.id, "version": contract.version, "path": contract.path},
         "run_id": run_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": inputs, "expectations": report.get("expectations"),
+        "inputs": report["inputs"], "expectations": report.get("expectations"),
     }
     checkpoint("before_manifest")
     lake.write_atomically(lake.join(part_dir, lake.MANIFEST), json.dumps(manifest, indent=1).encode(), run_id)
@@ -150,9 +175,8 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
     # Committed: now the previous run's files and any killed run's leftovers can go.
     lake.remove_unlisted(part_dir, keep)
     lake.remove_unlisted(q_dir, {q_name})
-    report.update(status=COMMITTED, seconds=time.time() - started, manifest=lake.join(part_dir, lake.MANIFEST))
+    report.update(status=COMMITTED, manifest=lake.join(part_dir, lake.MANIFEST))
     checkpoint("after_first_partition")
-    return report
 
 
 def _superseded_records(contract: Contract, source: str, partition: str, rows: pa.Table, paths: list[str],
