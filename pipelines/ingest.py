@@ -84,7 +84,7 @@ def plan(project: Project, source: str, start: dt.date | None = None, end: dt.da
                                   f"and {end or 'the last day'} under {lake.join(project.landing, source)}")
     else:
         committed = {c.value: c.manifest for c in lake.committed_partitions(project.lake, source, contract.partitioning.key)}
-        chosen = landing.pending(files, committed)
+        chosen = landing.pending(files, committed, contract)
         selection = "new or changed files"
     return contract, chosen, selection, skipped
 

@@ -55,15 +55,17 @@ def select(files: list[LandingFile], start: dt.date | None, end: dt.date | None)
     return [f for f in files if f.partition in picked]
 
 
-def pending(files: list[LandingFile], committed: dict[str, dict]) -> list[LandingFile]:
-    """The files of partitions never committed, or whose landing files changed since their commit."""
+def pending(files: list[LandingFile], committed: dict[str, dict], contract: Contract) -> list[LandingFile]:
+    """The files of partitions never committed, whose landing files changed since their commit,
+    or that were committed under another version of the contract."""
     by_partition: dict[str, list[LandingFile]] = {}
     for f in files:
         by_partition.setdefault(f.partition, []).append(f)
     out = []
     for partition, group in by_partition.items():
         manifest = committed.get(partition)
-        if manifest is None or _fingerprint(group) != _recorded(manifest):
+        if (manifest is None or _fingerprint(group) != _recorded(manifest)
+                or manifest.get("contract", {}).get("version") != contract.version):
             out.extend(group)
     return out
 
