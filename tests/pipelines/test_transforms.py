@@ -2,6 +2,8 @@
 import time
 
 import apache_beam as beam
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -105,3 +107,22 @@ def test_blocking_expectation_stops_commit_and_warning_does_not(tmp_path):
 def test_unsafe_partition_names_are_refused(tmp_path):
     with pytest.raises(ValueError):
         lake.partition_dir(str(tmp_path), "ratings", "month", "../../etc")
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(0, 5), st.integers(0, 2)),
+                     max_size=40))
+def test_duplicates_resolve_to_the_latest_row_per_key(rows):
+    t = pa.table({"userId": [r[0] for r in rows], "movieId": [r[1] for r in rows], "rating": [4.0] * len(rows),
+                  "timestamp": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+                  "_file": pa.array([r[3] for r in rows], pa.int32()), "_line": list(range(len(rows)))})
+    kept, lost = resolve_duplicates(RATINGS, t)
+    assert kept.num_rows + lost.num_rows == t.num_rows
+    keys = list(zip(kept["userId"].to_pylist(), kept["movieId"].to_pylist()))
+    assert len(keys) == len(set(keys)) == len({(r[0], r[1]) for r in rows})
+    best = {}
+    for line, (u, m, ts, f) in enumerate(rows):
+        best[(u, m)] = max(best.get((u, m), (-1, -1, -1)), (ts, f, line))
+    assert sorted(zip(keys, kept["_line"].to_pylist())) == sorted((k, v[2]) for k, v in best.items())
+    times = [v.value for v in kept["timestamp"]]
+    assert times == sorted(times)  # written in event-time order
