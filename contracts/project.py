@@ -39,11 +39,21 @@ class PipelineConfig(_Frozen):
     options: list[str] = Field(default_factory=list, description="Extra Beam pipeline options, e.g. ['--direct_num_workers=2'].")
 
 
+class FeatureStoreConfig(_Frozen):
+    online_store: str = Field("sqlite", description="'sqlite' (a file under the state dir) or a Redis URL, "
+                                                    "e.g. redis://127.0.0.1:6379/0. Env: MILLRACE_ONLINE_STORE.")
+    registry: str = Field("file", description="'file' (a registry file under the state dir) or a SQLAlchemy "
+                                              "URL for Feast's SQL registry, e.g. postgresql+psycopg://postgres@"
+                                              "127.0.0.1:5432/test. Env: MILLRACE_REGISTRY.")
+
+
 class ProjectConfig(_Frozen):
     name: str = Field(description="Project name, used in run ids and reports.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
     sources: dict[str, SourceConfig] = Field(description="Sources by name; each has one contract.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Beam settings.")
+    feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig,
+                                              description="Feast online store and registry.")
 
 
 class Project:
@@ -74,6 +84,18 @@ class Project:
     @cached_property
     def quarantine(self) -> str:
         return self._uri("MILLRACE_QUARANTINE_URI", self.config.storage.quarantine, "quarantine")
+
+    @cached_property
+    def offline(self) -> str:
+        return self._uri("MILLRACE_OFFLINE_URI", None, "offline")
+
+    @property
+    def online_store(self) -> str:
+        return os.environ.get("MILLRACE_ONLINE_STORE") or self.config.feature_store.online_store
+
+    @property
+    def registry(self) -> str:
+        return os.environ.get("MILLRACE_REGISTRY") or self.config.feature_store.registry
 
     def contract(self, source: str) -> Contract:
         if source not in self.config.sources:

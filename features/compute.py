@@ -1,0 +1,176 @@
+"""Feature view computation: a pure function from Arrow tables to an Arrow table.
+
+Each row is a daily snapshot of one entity, stamped at the end of the day: the values over
+the trailing windows that end with that day. Batch builds, a streaming pipeline and the
+serving tier call this same function, so they cannot disagree.
+
+The windows are computed by DuckDB on the Arrow tables (zero copy in and out): one GROUP BY
+per day, then window frames over days, so the cost grows with entity-days, not with events
+times window length.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.spec import Aggregation, FeatureView, duration
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+TS = pa.timestamp("us", tz="UTC")
+KEYS = ("event_timestamp", "created_timestamp")
+
+
+def compute_view(view: FeatureView, key: str, event_time: str | None, events: pa.Table, lookup: pa.Table | None,
+                 types: dict[str, pa.DataType], created_at: dt.datetime,
+                 days: tuple[dt.date | None, dt.date | None] = (None, None)) -> pa.Table:
+    """Daily snapshot rows ``key, event_timestamp, created_timestamp, features...`` of one view.
+
+    ``events`` are the source rows; ``lookup`` the enrichment rows (or None); ``days`` keeps only
+    snapshots of days in [first, last] (windows still look back before ``first``)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register("source_events", events)
+    if lookup is not None:
+        con.register("lookup", lookup)
+    con.execute(f"CREATE TEMP VIEW ev AS {_events_sql(view, key, event_time, lookup is not None)}")
+    sql = _view_sql(view, days)
+    table = con.sql(sql).to_arrow_table()
+    con.close()
+    table = _apply_transforms(view, table)
+    return _conform(table, key, types, created_at)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _events_sql(view: FeatureView, key: str, event_time: str | None, enriched: bool) -> str:
+    ts = f"CAST({_q(event_time)} AS TIMESTAMPTZ)" if event_time and not view.static else "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+    columns = sorted({a.column for a in view.aggregations if a.column})
+    src = "s"
+    select = [f"{src}.{_q(key)} AS k", f"{ts} AS ts", f"date_trunc('day', {ts}) AS d",
+              "row_number() OVER () AS seq"]
+    join = ""
+    if enriched:
+        join = f" LEFT JOIN lookup l ON l.{_q(view.enrich.key)} = s.{_q(view.enrich.key)}"
+    for c in columns:
+        owner = "l" if enriched and c in view.enrich.columns else src
+        select.append(f"{owner}.{_q(c)} AS {_q('c_' + c)}")
+    return f"SELECT {', '.join(select)} FROM source_events {src}{join} WHERE {src}.{_q(key)} IS NOT NULL"
+
+
+def _window(agg: Aggregation) -> str:
+    span = duration(agg.window)
+    if span is None:
+        return "(PARTITION BY daily.k ORDER BY daily.d ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    return f"(PARTITION BY daily.k ORDER BY daily.d RANGE BETWEEN INTERVAL {span.days - 1} DAYS PRECEDING AND CURRENT ROW)"
+
+
+def _view_sql(view: FeatureView, days) -> str:
+    daily_cols = ["count(*) AS n"]
+    for c in sorted({a.column for a in view.aggregations if a.column}):
+        col = _q("c_" + c)
+        daily_cols += [f"count({col}) AS {_q('cnt_' + c)}", f"min({col}) AS {_q('min_' + c)}",
+                       f"max({col}) AS {_q('max_' + c)}",
+                       f"arg_max({col}, ts) FILTER (WHERE {col} IS NOT NULL) AS {_q('last_' + c)}",
+                       f"max(ts) FILTER (WHERE {col} IS NOT NULL) AS {_q('lastts_' + c)}"]
+        if any(a.column == c and a.function in ("sum", "mean") for a in view.aggregations):
+            daily_cols.append(f"sum({col}) AS {_q('sum_' + c)}")
+    ctes = [f"daily AS (SELECT k, d, {', '.join(daily_cols)} FROM ev GROUP BY k, d)"]
+    select = ["daily.k AS k", "daily.d AS d"]
+    joins = []
+    for i, agg in enumerate(view.aggregations):
+        name = _q(agg.name)
+        w = _window(agg)
+        c = agg.column
+        if agg.function == "count":
+            select.append(f"CAST(sum(n) OVER {w} AS BIGINT) AS {name}")
+        elif agg.function == "sum":
+            select.append(f"sum({_q('sum_' + c)}) OVER {w} AS {name}")
+        elif agg.function == "mean":
+            select.append(f"sum({_q('sum_' + c)}) OVER {w} / nullif(sum({_q('cnt_' + c)}) OVER {w}, 0) AS {name}")
+        elif agg.function in ("min", "max"):
+            select.append(f"{agg.function}({_q(agg.function + '_' + c)}) OVER {w} AS {name}")
+        elif agg.function == "last":
+            select.append(f"arg_max({_q('last_' + c)}, {_q('lastts_' + c)}) OVER {w} AS {name}")
+        else:
+            cte, expr = _special(i, agg)
+            ctes.append(cte)
+            joins.append(f"LEFT JOIN x{i} ON x{i}.k = daily.k AND x{i}.d = daily.d")
+            select.append(f"{expr} AS {name}")
+    where = []
+    first, last = days
+    if first is not None:
+        where.append(f"d >= DATE '{first.isoformat()}'")
+    if last is not None:
+        where.append(f"d <= DATE '{last.isoformat()}'")
+    body = f"SELECT {', '.join(select)} FROM daily {' '.join(joins)}"
+    filt = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"WITH {', '.join(ctes)} SELECT * FROM ({body}){filt} ORDER BY k, d"
+
+
+def _special(i: int, agg: Aggregation) -> tuple[str, str]:
+    """Aggregations that cannot be rolled up from daily totals."""
+    col = _q("c_" + agg.column)
+    if agg.function == "distinct_count":  # window: all -> count first sightings, cumulatively
+        return (f"x{i} AS (SELECT k, d, CAST(sum(first_seen) OVER (PARTITION BY k ORDER BY d) AS BIGINT) AS v "
+                f"FROM (SELECT daily.k, daily.d, coalesce(f.c, 0) AS first_seen FROM daily LEFT JOIN "
+                f"(SELECT k, d, count(*) AS c FROM (SELECT k, {col} AS v, min(d) AS d FROM ev WHERE {col} IS NOT NULL "
+                f"GROUP BY k, {col}) GROUP BY k, d) f ON f.k = daily.k AND f.d = daily.d))"), f"coalesce(x{i}.v, 0)"
+    if agg.function == "last_n":  # window: all -> the n latest events up to the end of each day
+        return (f"x{i} AS (SELECT k, d, list_reverse(v) AS v FROM (SELECT k, d, ts, seq, "
+                f"list({col}) OVER (PARTITION BY k ORDER BY ts, seq ROWS BETWEEN {agg.n - 1} PRECEDING AND CURRENT ROW) AS v "
+                f"FROM ev WHERE {col} IS NOT NULL) QUALIFY row_number() OVER (PARTITION BY k, d ORDER BY ts DESC, seq DESC) = 1)"
+                ), f"coalesce(x{i}.v, [])"
+    if agg.function == "top_n":
+        return _top_n(i, agg, col), f"coalesce(x{i}.v, [])"
+    raise ValueError(agg.function)
+
+
+def _top_n(i: int, agg: Aggregation, col: str) -> str:
+    """The n most frequent tokens in the window, as of each entity-day: running totals per
+    (entity, token), read back as of the day and as of the day the window starts."""
+    token = f"unnest(string_split({col}, '{agg.split}'))" if agg.split else col
+    span = duration(agg.window)
+    totals = (f"SELECT k, tok, d, sum(c) OVER (PARTITION BY k, tok ORDER BY d) AS total FROM "
+              f"(SELECT k, tok, d, count(*) AS c FROM (SELECT k, d, {token} AS tok FROM ev WHERE {col} IS NOT NULL) "
+              f"GROUP BY k, tok, d)")
+    pairs = "SELECT daily.k, daily.d, t.tok FROM daily JOIN (SELECT DISTINCT k, tok FROM tot) t ON t.k = daily.k"
+    before = ""
+    count = "now.total"
+    if span is not None:
+        before = (f" ASOF LEFT JOIN tot old ON old.k = p.k AND old.tok = p.tok "
+                  f"AND old.d <= p.d - INTERVAL {span.days} DAYS")
+        count = "now.total - coalesce(old.total, 0)"
+    return (f"tot AS ({totals}), x{i} AS (SELECT k, d, list(tok ORDER BY cnt DESC, tok)[1:{agg.n}] AS v FROM "
+            f"(SELECT p.k, p.d, p.tok, {count} AS cnt FROM ({pairs}) p ASOF JOIN tot now "
+            f"ON now.k = p.k AND now.tok = p.tok AND now.d <= p.d{before}) WHERE cnt > 0 GROUP BY k, d)")
+
+
+def _apply_transforms(view: FeatureView, table: pa.Table) -> pa.Table:
+    for t in view.transforms:
+        col = table.column(t.column)
+        if t.function == "split":
+            value = pc.split_pattern(col, t.sep)
+        else:
+            value = pc.divide(pc.cast(col, pa.float64()), pc.cast(table.column(t.denominator), pa.float64()))
+        table = table.append_column(t.name, value)
+    return table
+
+
+def _conform(table: pa.Table, key: str, types: dict[str, pa.DataType], created_at: dt.datetime) -> pa.Table:
+    """Name, type and order the columns as Feast expects: key, event and created timestamps, features."""
+    event = pc.add(table.column("d").cast(TS), pa.scalar(dt.timedelta(days=1), pa.duration("us")))
+    static = pc.all(pc.equal(table.column("d").cast(TS), pa.scalar(EPOCH, TS))).as_py() if table.num_rows else False
+    if static:
+        event = table.column("d").cast(TS)
+    columns = {key: table.column("k").cast(types[key]), "event_timestamp": event,
+               "created_timestamp": pa.repeat(pa.scalar(created_at, TS), table.num_rows)}
+    for name, dtype in types.items():
+        if name != key:
+            columns[name] = table.column(name).cast(dtype)
+    return pa.table(columns)

@@ -1,0 +1,217 @@
+"""``features.yaml``: entities and feature views, checked against the project's contracts.
+
+A view aggregates one source per entity over trailing event-time windows. Its rows are daily
+snapshots: one row per entity and day with activity, stamped at the end of that day (the moment
+the day's data is complete), so a training example can only see days that ended before it.
+"""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contracts.arrow import arrow_type
+from contracts.loader import read_yaml
+from contracts.project import Project
+from features.errors import FeatureSpecError
+
+FUNCTIONS = ("count", "sum", "mean", "min", "max", "last", "distinct_count", "last_n", "top_n")
+NUMERIC_ONLY = ("sum", "mean")
+_DURATION = re.compile(r"^(\d+)d$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Entity(_Frozen):
+    join_key: str = Field(description="Key field, as named in the sources' contracts.")
+    source: str = Field(description="Source whose contract gives the key's type.")
+    description: str = Field("", description="What the entity is.")
+
+
+class Aggregation(_Frozen):
+    name: str = Field(description="Feature name (unique within the view).")
+    function: Literal["count", "sum", "mean", "min", "max", "last", "distinct_count", "last_n", "top_n"] = Field(
+        description="How values in the window are combined.")
+    column: str | None = Field(None, description="Source column (not needed for count).")
+    window: str = Field("all", description="Trailing event-time window in whole days ('7d', '30d', '365d') or 'all'.")
+    n: int | None = Field(None, ge=1, le=1000, description="List length for last_n and top_n.")
+    split: str | None = Field(None, description="top_n: split the column's text on this separator first.")
+
+
+class Transform(_Frozen):
+    name: str = Field(description="Derived feature name.")
+    function: Literal["split", "ratio"] = Field(description="split: text -> list of text; ratio: a / b.")
+    column: str = Field(description="Input feature (split) or numerator (ratio).")
+    sep: str = Field("|", description="split: the separator.")
+    denominator: str | None = Field(None, description="ratio: the denominator feature.")
+
+
+class Enrich(_Frozen):
+    source: str = Field(description="Source to look columns up in (its latest committed row per key).")
+    key: str = Field(description="Key shared by both sources (YAML reads a bare `on` as true, hence `key`).")
+    columns: list[str] = Field(description="Columns to add to each event before aggregating.")
+
+
+class FeatureView(_Frozen):
+    source: str = Field(description="Source (from millrace.yaml) the view aggregates.")
+    entity: str = Field(description="Entity (from entities) the rows are about.")
+    ttl: str = Field("0d", description="How long a value stays valid for point-in-time joins ('0d': forever).")
+    online: bool = Field(True, description="Materialize to the online store.")
+    static: bool = Field(False, description="Attributes valid for all time (e.g. a catalogue snapshot): "
+                                            "one row per entity, stamped at the epoch.")
+    enrich: Enrich | None = Field(None, description="Columns looked up from another source before aggregating.")
+    aggregations: list[Aggregation] = Field(description="The features.")
+    transforms: list[Transform] = Field(default_factory=list, description="Pure functions of the aggregated row.")
+    description: str = Field("", description="What the view is for.")
+
+
+class FeatureSpec(_Frozen):
+    entities: dict[str, Entity] = Field(description="Entities by name.")
+    feature_views: dict[str, FeatureView] = Field(description="Feature views by name.")
+
+
+def duration(text: str) -> timedelta | None:
+    """'30d' -> 30 days; 'all' -> None."""
+    if text == "all":
+        return None
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(text)
+    return timedelta(days=int(m.group(1)))
+
+
+class Features:
+    """A checked features.yaml with the types of every feature, resolved from the contracts."""
+
+    def __init__(self, path: Path, spec: FeatureSpec, project: Project, types: dict[str, dict[str, pa.DataType]]):
+        self.path, self.spec, self.project, self.types = path, spec, project, types
+
+    @property
+    def views(self) -> dict[str, FeatureView]:
+        return self.spec.feature_views
+
+    def view(self, name: str) -> FeatureView:
+        from features.errors import UnknownFeature
+
+        if name not in self.views:
+            raise UnknownFeature(f"unknown feature view '{name}' (fix: use one of {sorted(self.views)})")
+        return self.views[name]
+
+    def join_key(self, view: str) -> str:
+        return self.spec.entities[self.view(view).entity].join_key
+
+    def key_type(self, view: str) -> pa.DataType:
+        return self.types[view][self.join_key(view)]
+
+    def feature_names(self, view: str) -> list[str]:
+        v = self.view(view)
+        return [a.name for a in v.aggregations] + [t.name for t in v.transforms]
+
+
+def load_features(project: Project) -> Features:
+    path = project.root / "features.yaml"
+    if not path.exists():
+        raise FeatureSpecError(path, "(file)", "does not exist", "declare entities and feature_views in features.yaml")
+    data = read_yaml(path)
+    try:
+        spec = FeatureSpec(**(data or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise FeatureSpecError(path, loc, first["msg"].lower(), "see examples/movielens/features.yaml") from None
+    types = {name: _check_view(path, project, spec, name, view) for name, view in spec.feature_views.items()}
+    return Features(path, spec, project, types)
+
+
+def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view: FeatureView) -> dict:
+    where = f"feature_views.{name}"
+    if view.source not in project.sources:
+        raise FeatureSpecError(path, f"{where}.source", f"unknown source '{view.source}'", f"use one of {project.sources}")
+    if view.entity not in spec.entities:
+        raise FeatureSpecError(path, f"{where}.entity", f"unknown entity '{view.entity}'",
+                               f"use one of {sorted(spec.entities)}")
+    contract = project.contract(view.source)
+    columns = {f.name: arrow_type(f) for f in contract.fields}
+    key = spec.entities[view.entity].join_key
+    if key not in columns:
+        raise FeatureSpecError(path, f"{where}.entity", f"source '{view.source}' has no field '{key}'",
+                               f"add {key} to the contract or pick another entity")
+    if contract.event_time is None and not view.static:
+        raise FeatureSpecError(path, f"{where}.static", f"source '{view.source}' has no event time",
+                               "set static: true (attributes valid for all time) or use a source with eventTime")
+    entity_source = project.contract(spec.entities[view.entity].source)
+    if key in entity_source.field_names and arrow_type(entity_source.field(key)) != columns[key]:
+        raise FeatureSpecError(path, f"{where}.entity", f"key '{key}' is {columns[key]} in {view.source} but "
+                               f"{arrow_type(entity_source.field(key))} in {entity_source.name}", "make the key types agree")
+    if view.enrich:
+        columns.update(_check_enrich(path, project, f"{where}.enrich", view.enrich, columns))
+    _duration(path, f"{where}.ttl", view.ttl)
+    out = {key: columns[key]}
+    for i, agg in enumerate(view.aggregations):
+        at = f"{where}.aggregations[{i}] ({agg.name})"
+        if agg.name in out:
+            raise FeatureSpecError(path, at, f"name '{agg.name}' is used twice", "give every feature a unique name")
+        window = _duration(path, f"{at}.window", agg.window)
+        if agg.function != "count" and agg.column is None:
+            raise FeatureSpecError(path, at, f"{agg.function} needs a column", f"add column: one of {sorted(columns)}")
+        if agg.column is not None and agg.column not in columns:
+            raise FeatureSpecError(path, f"{at}.column", f"unknown field '{agg.column}' in source '{view.source}'",
+                                   f"use one of {sorted(columns)}")
+        source_type = columns.get(agg.column)
+        if agg.function in NUMERIC_ONLY and not (pa.types.is_integer(source_type) or pa.types.is_floating(source_type)):
+            raise FeatureSpecError(path, at, f"{agg.function} needs a numeric column, '{agg.column}' is {source_type}",
+                                   "use count, last, last_n or top_n for text")
+        if agg.function in ("last_n", "top_n") and agg.n is None:
+            raise FeatureSpecError(path, at, f"{agg.function} needs n", "add n: 10")
+        if agg.function in ("distinct_count", "last_n") and window is not None:
+            raise FeatureSpecError(path, f"{at}.window", f"{agg.function} supports window: all only",
+                                   "use window: all")
+        out[agg.name] = _output_type(agg, source_type)
+    for i, t in enumerate(view.transforms):
+        at = f"{where}.transforms[{i}] ({t.name})"
+        for ref in (t.column, t.denominator) if t.function == "ratio" else (t.column,):
+            if ref not in out:
+                raise FeatureSpecError(path, at, f"unknown feature '{ref}'", f"use one of {sorted(out)}")
+        if t.name in out:
+            raise FeatureSpecError(path, at, f"name '{t.name}' is used twice", "give every feature a unique name")
+        out[t.name] = pa.list_(pa.string()) if t.function == "split" else pa.float64()
+    return out
+
+
+def _check_enrich(path, project: Project, where: str, enrich: Enrich, columns: dict) -> dict:
+    if enrich.source not in project.sources:
+        raise FeatureSpecError(path, f"{where}.source", f"unknown source '{enrich.source}'", f"use one of {project.sources}")
+    other = {f.name: arrow_type(f) for f in project.contract(enrich.source).fields}
+    if enrich.key not in other or enrich.key not in columns:
+        raise FeatureSpecError(path, f"{where}.key", f"'{enrich.key}' is not a field of both sources",
+                               "join on a key both contracts declare")
+    missing = [c for c in enrich.columns if c not in other]
+    if missing:
+        raise FeatureSpecError(path, f"{where}.columns", f"unknown fields {missing} in '{enrich.source}'",
+                               f"use some of {sorted(other)}")
+    return {c: other[c] for c in enrich.columns}
+
+
+def _duration(path, where: str, text: str):
+    try:
+        return duration(text)
+    except ValueError:
+        raise FeatureSpecError(path, where, f"'{text}' is not a duration", "write whole days, e.g. 7d, 30d, 365d, or all") from None
+
+
+def _output_type(agg: Aggregation, source: pa.DataType | None) -> pa.DataType:
+    if agg.function in ("count", "distinct_count"):
+        return pa.int64()
+    if agg.function == "mean":
+        return pa.float64()
+    if agg.function == "last_n":
+        return pa.list_(source)
+    if agg.function == "top_n":
+        return pa.list_(pa.string())
+    return source

@@ -1,0 +1,138 @@
+"""``millrace features build``: committed lake partitions -> offline feature tables (Beam).
+
+    Create(view names) | BuildFeatureView | reports
+
+Each view is computed by the pure ``features.compute.compute_view`` on Arrow tables read from
+the lake, and committed to the offline store by rename, with a manifest naming the lake
+partitions (and their run ids) it was built from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from contracts.project import Project
+from features import offline
+from features.compute import compute_view
+from features.spec import Features
+from pipelines import lake
+
+
+def source_rows(project: Project, source: str, until: dt.date | None = None) -> tuple[pa.Table, list[dict]]:
+    """Committed rows of a source (events up to the end of ``until``) and the partitions read."""
+    contract = project.contract(source)
+    key = contract.partitioning.key
+    parts = lake.committed_partitions(project.lake, source, key)
+    tables, inputs = [], []
+    for part in parts:
+        t = lake.read_partition(part)
+        tables.append(t.append_column(key, pa.repeat(pa.scalar(part.value), t.num_rows)))
+        inputs.append({"partition": f"{key}={part.value}", "run_id": part.manifest["run_id"],
+                       "contract_version": part.manifest["contract"]["version"], "rows": part.manifest["rows"]})
+    table = pa.concat_tables(tables) if tables else None
+    if table is not None and until is not None and contract.event_time:
+        end = pa.scalar(dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.timezone.utc),
+                        pa.timestamp("us", tz="UTC"))
+        table = table.filter(pc.less(table.column(contract.event_time), end))
+    return table, inputs
+
+
+def latest_snapshot(project: Project, source: str) -> tuple[pa.Table | None, list[dict]]:
+    """The rows of the newest committed partition (a catalogue snapshot)."""
+    table, inputs = source_rows(project, source)
+    if table is None:
+        return None, inputs
+    key = project.contract(source).partitioning.key
+    newest = pc.max(table.column(key))
+    return table.filter(pc.equal(table.column(key), newest)), inputs[-1:]
+
+
+class _BuildFn(beam.DoFn):
+    def __init__(self, project_root: str, first: dt.date | None, last: dt.date | None, run_id: str):
+        self.project_root, self.first, self.last, self.run_id = project_root, first, last, run_id
+
+    def process(self, view_name: str):
+        from contracts.project import load_project
+        from features.spec import load_features
+
+        project = load_project(self.project_root)
+        yield build_view(project, load_features(project), view_name, self.first, self.last, self.run_id)
+
+
+def build_view(project: Project, features: Features, name: str, first: dt.date | None, last: dt.date | None,
+               run_id: str) -> dict:
+    started = time.time()
+    view = features.view(name)
+    if view.static:
+        events, inputs = latest_snapshot(project, view.source)
+    else:
+        events, inputs = source_rows(project, view.source, last)
+    if events is None:
+        return {"view": name, "status": "skipped", "problem": f"source '{view.source}' has no committed partitions"}
+    lookup = None
+    if view.enrich:
+        lookup, more = latest_snapshot(project, view.enrich.source)
+        inputs = inputs + more
+    created = dt.datetime.now(dt.timezone.utc)
+    contract = project.contract(view.source)
+    fresh = compute_view(view, features.join_key(name), contract.event_time, events, lookup, features.types[name],
+                         created, (None, None) if view.static else (first, last))
+    existing = None
+    if not view.static and (first or last) and offline.read_manifest(project.offline, name):
+        existing = offline.read_view(project.offline, name)
+    table = offline.merge(existing, fresh, first, last) if not view.static else fresh
+    spec_hash = hashlib.sha256(features.path.read_bytes()).hexdigest()[:16]
+    manifest = offline.write_view(project.offline, name, table,
+                                  {"inputs": inputs, "features_yaml_sha256": spec_hash,
+                                   "range": [str(first) if first else None, str(last) if last else None]}, run_id)
+    return {"view": name, "status": "built", "rows": manifest["rows"], "entities": manifest["entities"],
+            "rebuilt_rows": fresh.num_rows, "seconds": time.time() - started}
+
+
+class BuildFeatureView(beam.PTransform):
+    """View names -> one report per view, each view computed and committed to the offline store."""
+
+    def __init__(self, project_root: str, first: dt.date | None, last: dt.date | None, run_id: str):
+        super().__init__()
+        self.args = (project_root, first, last, run_id)
+
+    def expand(self, names):
+        return names | "Build" >> beam.ParDo(_BuildFn(*self.args))
+
+
+def build(project: Project, features: Features, first: dt.date | None = None, last: dt.date | None = None,
+          views: list[str] | None = None, beam_args: list[str] | None = None) -> list[dict]:
+    from pipelines.ingest import local_runner, new_run_id
+
+    names = views or list(features.views)
+    for n in names:
+        features.view(n)  # unknown names fail before any work
+    run_id = new_run_id()
+    options = PipelineOptions(list(project.config.pipeline.options) + list(beam_args or []))
+    reports: list[dict] = []
+    with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
+        _ = (pipeline | "Views" >> beam.Create(names)
+             | "BuildFeatureView" >> BuildFeatureView(str(project.root), first, last, run_id)
+             | "Collect" >> beam.Map(_save, project.state_dir, run_id))
+    for n in names:
+        reports.append(_load(project.state_dir, run_id, n))
+    return reports
+
+
+def _save(report: dict, state_dir: str, run_id: str) -> None:
+    import json
+
+    lake.write_bytes(lake.join(state_dir, "runs", "features", run_id, f"{report['view']}.json"),
+                     json.dumps(report, default=str).encode())
+
+
+def _load(state_dir: str, run_id: str, view: str) -> dict:
+    import json
+
+    return json.loads(lake.read_bytes(lake.join(state_dir, "runs", "features", run_id, f"{view}.json")))
