@@ -18,9 +18,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 contracts_app = typer.Typer(no_args_is_help=True, help="Check and compare data contracts.")
 example_app = typer.Typer(no_args_is_help=True, help="The bundled MovieLens example.")
 lake_app = typer.Typer(no_args_is_help=True, help="Look at the lake and its quarantine.")
+features_app = typer.Typer(no_args_is_help=True, help="Feature views: build, Feast, materialize, training sets.")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(example_app, name="example")
 app.add_typer(lake_app, name="lake")
+app.add_typer(features_app, name="features")
 
 BUNDLED_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "movielens"
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -65,13 +67,14 @@ def _project():
 def _handled(fn):
     """Run a command body, turning known errors into one line and an exit code."""
     from contracts.errors import ContractError
+    from features.errors import FeatureError
     from pipelines.errors import PipelineError, RunFailed
 
     try:
         return fn()
     except RunFailed as exc:
         _fail(str(exc), 1)
-    except (ContractError, PipelineError) as exc:
+    except (ContractError, PipelineError, FeatureError) as exc:
         _fail(str(exc), 2)
 
 
@@ -226,6 +229,113 @@ def lake_quarantine(source: str = typer.Option(..., "--source", "-s", help="Sour
             payload = (row["payload"] or b"").decode("utf-8", "backslashreplace")
             typer.echo(f"{row['partition']} {row['file']}:{row['line']} {row['reason']}({row['field']}) {payload}")
         typer.echo(f"{table.num_rows:,} quarantined rows")
+
+    _handled(run)
+
+
+# -- features ---------------------------------------------------------------------------------
+
+@features_app.command("build", context_settings=PASS_THROUGH)
+def features_build(ctx: typer.Context,
+                   date: Optional[str] = typer.Option(None, "--date", help="Rebuild the snapshots of this day."),
+                   start: Optional[str] = typer.Option(None, "--from", help="First day to rebuild."),
+                   end: Optional[str] = typer.Option(None, "--to", help="Last day to rebuild."),
+                   view: Optional[list[str]] = typer.Option(None, "--view", help="Only these views (repeatable).")):
+    """Compute feature views from the committed lake into the offline store (Beam), then apply Feast."""
+    def run():
+        from features.feast_repo import apply
+        from features.spec import load_features
+        from pipelines.features_build import build
+
+        project = _project()
+        features = load_features(project)
+        lo, hi = _range(date, start, end)
+        console = _console()
+        with console.status("building feature views..."):
+            reports = build(project, features, lo, hi, view, list(ctx.args))
+        for r in reports:
+            if r["status"] == "built":
+                console.print(f"{r['view']}: {r['rows']:,} rows ({r['entities']:,} entities), "
+                              f"{r['rebuilt_rows']:,} rebuilt in {r['seconds']:.1f} s")
+            else:
+                console.print(f"[yellow]{r['view']}: skipped[/] ({r['problem']})")
+        with console.status("applying the Feast repository..."):
+            apply(project, features)
+        console.print(f"Feast repository: {project.state_dir}/feast (try: feast -c {project.state_dir}/feast "
+                      f"feature-views list)")
+
+    _handled(run)
+
+
+@features_app.command("materialize")
+def features_materialize(
+        date: Optional[str] = typer.Option(None, "--date", help="Materialize values as of the end of this day "
+                                           "(default: now)."),
+        view: Optional[list[str]] = typer.Option(None, "--view", help="Only these views (repeatable)."),
+        full: bool = typer.Option(False, help="Rewrite every entity, not only changed ones.")):
+    """Write the latest value per entity to the online store (SQLite or Redis), incrementally."""
+    def run():
+        import datetime as dt
+
+        from features.materialize import materialize
+        from features.spec import load_features
+        from pipelines.landing import parse_date
+
+        project = _project()
+        until = None
+        if date:
+            day = parse_date(date, "--date")
+            until = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+        console = _console()
+        with console.status("materializing..."):
+            reports = materialize(project, load_features(project), until, view, full)
+        for r in reports:
+            console.print(f"{r['view']}: {r['written']:,} entities written, {r['skipped_unchanged']:,} unchanged "
+                          f"({r['seconds']:.1f} s)")
+
+    _handled(run)
+
+
+@features_app.command("training-set")
+def features_training_set(
+        spine: Path = typer.Option(..., help="Parquet file: entity keys, an event time column and labels."),
+        features_: list[str] = typer.Option(..., "--feature", "-f", help="view:feature or view (repeatable)."),
+        output: Path = typer.Option(..., help="Parquet file to write."),
+        time_column: str = typer.Option("event_timestamp", help="The spine's event time column.")):
+    """Point-in-time join of a spine to feature views: no value from after each row's time; every row kept."""
+    def run():
+        import pyarrow.parquet as pq
+
+        from features.errors import FeatureError
+        from features.spec import load_features
+        from features.training_set import training_set
+
+        project = _project()
+        if not spine.exists():
+            raise FeatureError(f"spine file {spine} does not exist (fix: pass a Parquet file)")
+        table = training_set(project, load_features(project), pq.read_table(spine), list(features_), time_column)
+        pq.write_table(table, output)
+        typer.echo(f"{output}: {table.num_rows:,} rows, {table.num_columns} columns")
+
+    _handled(run)
+
+
+@features_app.command("get")
+def features_get(view: str = typer.Argument(..., help="Feature view."),
+                 keys: list[str] = typer.Argument(..., help="Entity keys.")):
+    """Read features of some entities from the online store."""
+    def run():
+        from features.online import OnlineReader
+        from features.spec import load_features
+
+        project = _project()
+        features = load_features(project)
+        key_type = features.key_type(view)
+        import pyarrow as pa
+
+        table = OnlineReader(project, features).read(view, pa.array(keys).cast(key_type))
+        for row in table.to_pylist():
+            typer.echo(row)
 
     _handled(run)
 
