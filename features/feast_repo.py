@@ -110,9 +110,19 @@ def write_repo(project: Project, features: Features) -> str:
 
 
 def feature_store(project: Project):
-    """Feast's FeatureStore on the generated repository."""
+    """Feast's FeatureStore on the generated repository, with the stores configured now
+    (an online store or registry changed in millrace.yaml or the environment takes effect
+    without a rebuild)."""
     from feast import FeatureStore
 
+    from features.errors import NothingBuilt
+
+    path = os.path.join(repo_dir(project), "feature_store.yaml")
+    if not os.path.exists(path):
+        raise NothingBuilt(f"no Feast repository at {repo_dir(project)} (fix: run `millrace features build` first)")
+    wanted = yaml.safe_dump(store_config(project), sort_keys=False)
+    if open(path).read() != wanted:
+        storage.write_bytes(path, wanted.encode())
     return FeatureStore(repo_path=repo_dir(project))
 
 

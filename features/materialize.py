@@ -11,6 +11,7 @@ with Arrow, and skipping entities that did not change.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import os
 import time
@@ -46,7 +47,9 @@ def latest_per_key(table: pa.Table, key: str, until: dt.datetime | None) -> pa.T
 
 
 def _state_path(project: Project, view: str) -> str:
-    return os.path.join(repo_dir(project), "materialized", f"{storage.safe_name(view)}.parquet")
+    """What was written, per online store: switching stores starts from nothing."""
+    store = hashlib.sha256(project.online_store.encode()).hexdigest()[:12]
+    return os.path.join(repo_dir(project), "materialized", store, f"{storage.safe_name(view)}.parquet")
 
 
 def _written(project: Project, view: str) -> pa.Table | None:
@@ -98,7 +101,7 @@ def materialize(project: Project, features: Features, until: dt.datetime | None 
                                        f"{str(exc).splitlines()[0][:200]} (fix: start it or check "
                                        f"feature_store.online_store)") from None
             raise
-        _remember(project, name, latest.select([key, "event_timestamp"]))
+        _remember(project, name, key, todo.select([key, "event_timestamp"]))
         first = pc.min(latest.column("event_timestamp")).as_py() if latest.num_rows else until
         store.registry.apply_materialization(fv, store.project, first, until)
         reports.append({"view": name, "entities": latest.num_rows, "written": todo.num_rows,
@@ -106,7 +109,13 @@ def materialize(project: Project, features: Features, until: dt.datetime | None 
     return reports
 
 
-def _remember(project: Project, view: str, written: pa.Table) -> None:
+def _remember(project: Project, view: str, key: str, written: pa.Table) -> None:
+    """Merge what was just written into the record: the newest time per key wins."""
+    previous = _written(project, view)
+    if previous is not None:
+        written = latest_per_key(pa.concat_tables([previous, written.cast(previous.schema)])
+                                 .append_column("created_timestamp", pa.nulls(previous.num_rows + written.num_rows, TS)),
+                                 key, None).select([key, "event_timestamp"])
     sink = io.BytesIO()
     pq.write_table(written, sink)
     storage.write_atomically(_state_path(project, view), sink.getvalue(), f"{os.getpid()}")

@@ -44,7 +44,7 @@ class OnlineReader:
         protos = python_values_to_proto_values(values, key_type)
         entity_keys = [EntityKey(join_keys=[join_key], entity_values=[p]) for p in protos]
         try:
-            rows = self._online.online_read(self.store.config, fv, entity_keys, names)
+            rows = self._online.online_read(self.store.config, fv, entity_keys, list(names))  # Feast's Redis store appends to it
         except Exception as exc:
             if "connect" in f"{type(exc).__name__} {exc}".lower():
                 raise StoreUnavailable(f"cannot read the online store: {str(exc).splitlines()[0][:200]}") from None

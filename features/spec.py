@@ -107,7 +107,8 @@ class Features:
         return self.spec.entities[self.view(view).entity].join_key
 
     def key_type(self, view: str) -> pa.DataType:
-        return self.types[view][self.join_key(view)]
+        key = self.join_key(view)  # unknown views fail here, with the valid names
+        return self.types[view][key]
 
     def feature_names(self, view: str) -> list[str]:
         v = self.view(view)
