@@ -41,7 +41,7 @@ def compute_view(view: FeatureView, key: str, event_time: str | None, events: pa
     table = con.sql(sql).to_arrow_table()
     con.close()
     table = _apply_transforms(view, table)
-    return _conform(table, key, types, created_at)
+    return _conform(table, key, types, created_at, view.static)
 
 
 def _q(name: str) -> str:
@@ -56,7 +56,10 @@ def _events_sql(view: FeatureView, key: str, event_time: str | None, enriched: b
               "row_number() OVER () AS seq"]
     join = ""
     if enriched:
-        join = f" LEFT JOIN lookup l ON l.{_q(view.enrich.key)} = s.{_q(view.enrich.key)}"
+        # One row per key even if the lookup repeats keys: enrichment must never multiply events.
+        k = _q(view.enrich.key)
+        join = (f" LEFT JOIN (SELECT * FROM lookup QUALIFY row_number() OVER (PARTITION BY {k}) = 1) l "
+                f"ON l.{k} = s.{k}")
     for c in columns:
         owner = "l" if enriched and c in view.enrich.columns else src
         select.append(f"{owner}.{_q(c)} AS {_q('c_' + c)}")
@@ -101,6 +104,9 @@ def _view_sql(view: FeatureView, days) -> str:
             cte, expr = _special(i, agg)
             ctes.append(cte)
             joins.append(f"LEFT JOIN x{i} ON x{i}.k = daily.k AND x{i}.d = daily.d")
+            if agg.function == "last_n":  # a day with only null values keeps the list of the days before
+                expr = (f"coalesce(last_value(x{i}.v IGNORE NULLS) OVER (PARTITION BY daily.k ORDER BY daily.d "
+                        f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW), [])")
             select.append(f"{expr} AS {name}")
     where = []
     first, last = days
@@ -134,20 +140,21 @@ def _special(i: int, agg: Aggregation) -> tuple[str, str]:
 def _top_n(i: int, agg: Aggregation, col: str) -> str:
     """The n most frequent tokens in the window, as of each entity-day: running totals per
     (entity, token), read back as of the day and as of the day the window starts."""
-    token = f"unnest(string_split({col}, '{agg.split}'))" if agg.split else col
+    # Tokens are text (the feature is a list of text): ties sort alphabetically, '10' before '9'.
+    token = f"unnest(string_split({col}, '{agg.split}'))" if agg.split else f"CAST({col} AS VARCHAR)"
     span = duration(agg.window)
     totals = (f"SELECT k, tok, d, sum(c) OVER (PARTITION BY k, tok ORDER BY d) AS total FROM "
               f"(SELECT k, tok, d, count(*) AS c FROM (SELECT k, d, {token} AS tok FROM ev WHERE {col} IS NOT NULL) "
               f"GROUP BY k, tok, d)")
-    pairs = "SELECT daily.k, daily.d, t.tok FROM daily JOIN (SELECT DISTINCT k, tok FROM tot) t ON t.k = daily.k"
+    pairs = f"SELECT daily.k, daily.d, t.tok FROM daily JOIN (SELECT DISTINCT k, tok FROM tot{i}) t ON t.k = daily.k"
     before = ""
     count = "now.total"
     if span is not None:
-        before = (f" ASOF LEFT JOIN tot old ON old.k = p.k AND old.tok = p.tok "
+        before = (f" ASOF LEFT JOIN tot{i} old ON old.k = p.k AND old.tok = p.tok "
                   f"AND old.d <= p.d - INTERVAL {span.days} DAYS")
         count = "now.total - coalesce(old.total, 0)"
-    return (f"tot AS ({totals}), x{i} AS (SELECT k, d, list(tok ORDER BY cnt DESC, tok)[1:{agg.n}] AS v FROM "
-            f"(SELECT p.k, p.d, p.tok, {count} AS cnt FROM ({pairs}) p ASOF JOIN tot now "
+    return (f"tot{i} AS ({totals}), x{i} AS (SELECT k, d, list(tok ORDER BY cnt DESC, tok)[1:{agg.n}] AS v FROM "
+            f"(SELECT p.k, p.d, p.tok, {count} AS cnt FROM ({pairs}) p ASOF JOIN tot{i} now "
             f"ON now.k = p.k AND now.tok = p.tok AND now.d <= p.d{before}) WHERE cnt > 0 GROUP BY k, d)")
 
 
@@ -162,12 +169,12 @@ def _apply_transforms(view: FeatureView, table: pa.Table) -> pa.Table:
     return table
 
 
-def _conform(table: pa.Table, key: str, types: dict[str, pa.DataType], created_at: dt.datetime) -> pa.Table:
-    """Name, type and order the columns as Feast expects: key, event and created timestamps, features."""
-    event = pc.add(table.column("d").cast(TS), pa.scalar(dt.timedelta(days=1), pa.duration("us")))
-    static = pc.all(pc.equal(table.column("d").cast(TS), pa.scalar(EPOCH, TS))).as_py() if table.num_rows else False
-    if static:
-        event = table.column("d").cast(TS)
+def _conform(table: pa.Table, key: str, types: dict[str, pa.DataType], created_at: dt.datetime,
+             static: bool) -> pa.Table:
+    """Name, type and order the columns as Feast expects: key, event and created timestamps, features.
+    Snapshots are stamped at the end of their day; static rows at the epoch."""
+    day = table.column("d").cast(TS)
+    event = day if static else pc.add(day, pa.scalar(dt.timedelta(days=1), pa.duration("us")))
     columns = {key: table.column("k").cast(types[key]), "event_timestamp": event,
                "created_timestamp": pa.repeat(pa.scalar(created_at, TS), table.num_rows)}
     for name, dtype in types.items():

@@ -135,7 +135,8 @@ TAGS = st.none() | st.lists(st.sampled_from("ABCD"), min_size=1, max_size=3).map
 EVENT = st.fixed_dictionaries({
     "userId": st.sampled_from([1, 1, 2, 2, 3, None]), "movieId": st.integers(1, 8),
     "rating": st.none() | st.integers(1, 10).map(lambda i: i / 2), "weight": st.none() | st.integers(0, 3),
-    "tags": TAGS, "day": st.integers(0, 89) | st.integers(0, 9), "sec": st.sampled_from([0, 1, 86399]) | st.integers(0, 86399)})
+    "tags": TAGS, "day": st.integers(0, 89) | st.integers(0, 9),  # ~90 days, with a dense stretch for short windows
+    "sec": st.sampled_from([0, 1, 86399]) | st.integers(0, 86399)})  # midnight, just after, just before
 # Unique timestamps: the docs do not say which of two simultaneous events is the "last".
 EVENT_LISTS = st.lists(EVENT, max_size=40, unique_by=lambda e: (e["day"], e["sec"])).map(
     lambda es: [{**e, "timestamp": at(e["day"], e["sec"])} for e in es])
@@ -174,7 +175,7 @@ def views(draw, static: bool):
                        aggregations=aggs, transforms=transforms)
 
 
-@settings(SETTINGS, max_examples=150)
+@settings(SETTINGS, max_examples=200)
 @given(view=views(static=False), events=EVENT_LISTS, lookup=LOOKUPS, first=DATES, last=DATES)
 def test_random_views_match_reference(view, events, lookup, first, last):
     check(view, events, lookup, (first, last))
