@@ -34,9 +34,10 @@ def compute_view(view: FeatureView, key: str, event_time: str | None, events: pa
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.register("source_events", events)
-    if lookup is not None:
+    enriched = lookup is not None and view.enrich is not None
+    if enriched:
         con.register("lookup", lookup)
-    con.execute(f"CREATE TEMP VIEW ev AS {_events_sql(view, key, event_time, lookup is not None)}")
+    con.execute(f"CREATE TEMP VIEW ev AS {_events_sql(view, key, event_time, enriched)}")
     sql = _view_sql(view, days)
     table = con.sql(sql).to_arrow_table()
     con.close()
@@ -79,7 +80,8 @@ def _view_sql(view: FeatureView, days) -> str:
         col = _q("c_" + c)
         daily_cols += [f"count({col}) AS {_q('cnt_' + c)}", f"min({col}) AS {_q('min_' + c)}",
                        f"max({col}) AS {_q('max_' + c)}",
-                       f"arg_max({col}, ts) FILTER (WHERE {col} IS NOT NULL) AS {_q('last_' + c)}",
+                       # ties on the event time go to the last landed row, as in last_n
+                       f"arg_max({col}, (ts, seq)) FILTER (WHERE {col} IS NOT NULL) AS {_q('last_' + c)}",
                        f"max(ts) FILTER (WHERE {col} IS NOT NULL) AS {_q('lastts_' + c)}"]
         if any(a.column == c and a.function in ("sum", "mean") for a in view.aggregations):
             daily_cols.append(f"sum({col}) AS {_q('sum_' + c)}")
@@ -141,11 +143,12 @@ def _top_n(i: int, agg: Aggregation, col: str) -> str:
     """The n most frequent tokens in the window, as of each entity-day: running totals per
     (entity, token), read back as of the day and as of the day the window starts."""
     # Tokens are text (the feature is a list of text): ties sort alphabetically, '10' before '9'.
-    token = f"unnest(string_split({col}, '{agg.split}'))" if agg.split else f"CAST({col} AS VARCHAR)"
+    separator = (agg.split or "").replace("'", "''")  # a quote in the separator stays a quote
+    token = f"unnest(string_split({col}, '{separator}'))" if agg.split else f"CAST({col} AS VARCHAR)"
     span = duration(agg.window)
     totals = (f"SELECT k, tok, d, sum(c) OVER (PARTITION BY k, tok ORDER BY d) AS total FROM "
               f"(SELECT k, tok, d, count(*) AS c FROM (SELECT k, d, {token} AS tok FROM ev WHERE {col} IS NOT NULL) "
-              f"GROUP BY k, tok, d)")
+              f"WHERE tok <> '' GROUP BY k, tok, d)")
     pairs = f"SELECT daily.k, daily.d, t.tok FROM daily JOIN (SELECT DISTINCT k, tok FROM tot{i}) t ON t.k = daily.k"
     before = ""
     count = "now.total"
@@ -164,7 +167,9 @@ def _apply_transforms(view: FeatureView, table: pa.Table) -> pa.Table:
         if t.function == "split":
             value = pc.split_pattern(col, t.sep)
         else:
-            value = pc.divide(pc.cast(col, pa.float64()), pc.cast(table.column(t.denominator), pa.float64()))
+            denominator = pc.cast(table.column(t.denominator), pa.float64())
+            ratio = pc.divide(pc.cast(col, pa.float64()), denominator)
+            value = pc.if_else(pc.equal(denominator, 0.0), pa.scalar(None, pa.float64()), ratio)  # x/0: unknown
         table = table.append_column(t.name, value)
     return table
 

@@ -159,6 +159,8 @@ def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view
         if agg.name in out:
             raise FeatureSpecError(path, at, f"name '{agg.name}' is used twice", "give every feature a unique name")
         window = _duration(path, f"{at}.window", agg.window)
+        if window is not None and window.days < 1:
+            raise FeatureSpecError(path, f"{at}.window", "a window must cover at least one day", "write 1d or more, or all")
         if agg.function != "count" and agg.column is None:
             raise FeatureSpecError(path, at, f"{agg.function} needs a column", f"add column: one of {sorted(columns)}")
         if agg.column is not None and agg.column not in columns:

@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from contracts.loader import read_yaml
 from features.compute import compute_view
 from features.spec import Aggregation, Enrich, FeatureView, Transform, duration
 
@@ -26,7 +26,7 @@ EVENTS = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "
           "tags": pa.string(), "timestamp": TS}
 MOVIES = {"movieId": pa.int64(), "genres": pa.string(), "year": pa.int64()}
 ENRICH = Enrich(source="movies", key="movieId", columns=["genres", "year"])
-YAML = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples/movielens/features.yaml").read_text())
+YAML = read_yaml(Path(__file__).resolve().parents[2] / "examples" / "movielens" / "features.yaml")
 EXAMPLE = {name: FeatureView(**v) for name, v in YAML["feature_views"].items()}
 SETTINGS = settings(deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -52,8 +52,7 @@ def out_types(view: FeatureView, key: str, columns: dict) -> dict:
     return types
 
 
-# ---- reference ----------------------------------------------------------------------------------------------
-
+# reference
 def aggregate(a: Aggregation, window: list[dict]):
     """``window``: the events in the window, oldest first."""
     if a.function == "count":
@@ -64,16 +63,16 @@ def aggregate(a: Aggregation, window: list[dict]):
     if a.function == "last_n":
         return vals[::-1][:a.n]
     if a.function == "top_n":
-        tokens = Counter(t for v in vals for t in (v.split(a.split) if a.split else [str(v)]))
+        tokens = Counter(t for v in vals for t in (v.split(a.split) if a.split else [str(v)]) if t != "")
         return sorted(tokens, key=lambda t: (-tokens[t], t))[:a.n]
     functions = {"sum": sum, "mean": lambda v: sum(v) / len(v), "min": min, "max": max, "last": lambda v: v[-1]}
     return functions[a.function](vals) if vals else None
 
 
-def divide(a, b):  # IEEE, as Arrow does: x/0 = ±inf, 0/0 = nan
-    if a is None or b is None:
+def divide(a, b):  # x/0 is unknown: null
+    if a is None or b is None or b == 0:
         return None
-    return float(a) / b if b else (math.nan if a == 0 else math.copysign(math.inf, a))
+    return float(a) / b
 
 
 def reference(view: FeatureView, key: str, event_time, events: list[dict], lookup, days=(None, None)) -> list[dict]:
@@ -129,8 +128,7 @@ def check(view: FeatureView, events: list[dict], lookup=None, days=(None, None),
     return got
 
 
-# ---- strategies ---------------------------------------------------------------------------------------------
-
+# strategies
 TAGS = st.none() | st.lists(st.sampled_from("ABCD"), min_size=1, max_size=3).map("|".join)
 EVENT = st.fixed_dictionaries({
     "userId": st.sampled_from([1, 1, 2, 2, 3, None]), "movieId": st.integers(1, 8),
@@ -138,7 +136,8 @@ EVENT = st.fixed_dictionaries({
     "tags": TAGS, "day": st.integers(0, 89) | st.integers(0, 9),  # ~90 days, with a dense stretch for short windows
     "sec": st.sampled_from([0, 1, 86399]) | st.integers(0, 86399)})  # midnight, just after, just before
 # Unique timestamps: the docs do not say which of two simultaneous events is the "last".
-EVENT_LISTS = st.lists(EVENT, max_size=40, unique_by=lambda e: (e["day"], e["sec"])).map(
+EVENT_LISTS = st.integers(0, 40).flatmap(  # sized up front: plain st.lists stays near-empty most of the time
+    lambda n: st.lists(EVENT, min_size=n, max_size=n, unique_by=lambda e: (e["day"], e["sec"]))).map(
     lambda es: [{**e, "timestamp": at(e["day"], e["sec"])} for e in es])
 LOOKUPS = st.lists(st.fixed_dictionaries({"movieId": st.integers(1, 8), "genres": TAGS,
                                           "year": st.none() | st.integers(1990, 1995)}),
@@ -196,8 +195,7 @@ def test_example_project_views_match_reference(events, lookup, first):
     check(EXAMPLE["movie_popularity"], events, lookup, (first, None), key="movieId")
 
 
-# ---- edge cases ---------------------------------------------------------------------------------------------
-
+# edge cases
 def ev(day, sec=43200, **values) -> dict:
     return {"userId": 1, "movieId": 1, "rating": None, "weight": None, "tags": None, "timestamp": at(day, sec),
             **values}
@@ -217,8 +215,10 @@ def test_event_at_midnight_opens_its_day():
 
 
 def test_7d_window_excludes_the_event_seven_days_before():
-    rows = check(counts("7d", "8d"), [ev(0, 86399), ev(1, 0), ev(7, 0)])
-    assert [(r["c_7d"], r["c_8d"]) for r in rows] == [(1, 1), (2, 2), (2, 3)]
+    view = view_of(*counts("7d", "8d").aggregations, Aggregation(name="top", function="top_n", column="tags", n=3,
+                                                                 split="|", window="7d"))
+    rows = check(view, [ev(0, 86399, tags="A"), ev(1, 0, tags="B"), ev(7, 0, tags="B|C")])
+    assert [(r["c_7d"], r["c_8d"], r["top"]) for r in rows] == [(1, 1, ["A"]), (2, 2, ["A", "B"]), (2, 3, ["B", "C"])]
 
 
 def test_days_filter_keeps_windows_looking_back():
@@ -275,3 +275,17 @@ def test_enrichment_uses_one_lookup_row_per_key():
     movies = [{"movieId": 1, "genres": "Drama", "year": 1990}, {"movieId": 1, "genres": "Drama", "year": 1990}]
     rows = check(view_of(Aggregation(name="n", function="count"), enrich=ENRICH), [ev(0, movieId=1)], movies)
     assert [r["n"] for r in rows] == [1]
+
+
+def test_top_n_separator_with_a_quote_and_empty_tokens():
+    view = view_of(Aggregation(name="top", function="top_n", column="tags", split="'", n=3))
+    rows = check(view, [ev(0, tags="a'b"), ev(0, sec=50000, tags="b''")])
+    assert [r["top"] for r in rows] == [["b", "a"]]
+
+
+def test_last_breaks_same_instant_ties_like_last_n():
+    view = view_of(Aggregation(name="last", function="last", column="rating"),
+                   Aggregation(name="recent", function="last_n", column="rating", n=2))
+    got = compute_view(view, "userId", "timestamp", table([ev(0, rating=1.0), ev(0, rating=2.0)], EVENTS), None,
+                       out_types(view, "userId", EVENTS), CREATED).to_pylist()
+    assert (got[0]["last"], got[0]["recent"]) == (2.0, [2.0, 1.0])
