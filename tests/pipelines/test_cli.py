@@ -152,3 +152,29 @@ def test_help_is_fast_and_lists_commands(tmp_path):
     proc = run(["--help"], tmp_path)
     for command in ("nightly", "ingest", "contracts", "example", "lake"):
         assert command in proc.stdout
+
+
+def test_nightly_builds_features_and_serves_them_online(nightly_state, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    state, out = nightly_state
+    assert "online user_activity" in out
+    got = run(["features", "get", "user_activity", "1", "2"], state).stdout.splitlines()
+    assert len(got) == 2 and "'rating_count_all': 20" in got[0]
+    spine = tmp_path / "spine.parquet"
+    times = pa.array([1_300_000_000_000_000, 1_500_000_000_000_000], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"userId": [1, 1], "movieId": [31, 31], "event_timestamp": times, "label": [1, 0]}), spine)
+    output = tmp_path / "train.parquet"
+    res = run(["features", "training-set", "--spine", str(spine), "-f", "user_activity:rating_count_all",
+               "-f", "movie_metadata:title", "--output", str(output)], state)
+    assert "2 rows" in res.stdout
+    rows = pq.read_table(output).to_pylist()
+    assert [r["user_activity__rating_count_all"] for r in rows] == [20, 20]  # user 1 rated 20 movies on 2009-12-14
+    assert rows[0]["movie_metadata__title"] == "Dangerous Minds"
+
+
+def test_feature_errors_are_one_line(nightly_state, tmp_path):
+    state, _ = nightly_state
+    _assert_one_line_error(run(["features", "get", "nope", "1"], state, check=False), "unknown feature view 'nope'")
+    _assert_one_line_error(run(["features", "materialize"], tmp_path, check=False), "features build")
