@@ -19,7 +19,6 @@ from contracts.loader import read_yaml
 from contracts.project import Project
 from features.errors import FeatureSpecError
 
-FUNCTIONS = ("count", "sum", "mean", "min", "max", "last", "distinct_count", "last_n", "top_n")
 NUMERIC_ONLY = ("sum", "mean")
 _DURATION = re.compile(r"^(\d+)d$")
 

@@ -58,10 +58,10 @@ class IngestResult:
 
     def to_json(self) -> dict:
         return {"source": self.source, "run_id": self.run_id, "selection": self.selection, "seconds": self.seconds,
-                "records": self.total("records") if self.reports else 0,
-                "good": self.total("good") if self.reports else 0,
-                "quarantined": self.total("quarantined") if self.reports else 0,
-                "duplicates_resolved": self.total("duplicates_resolved") if self.reports else 0,
+                "records": self.total("records"),
+                "good": self.total("good"),
+                "quarantined": self.total("quarantined"),
+                "duplicates_resolved": self.total("duplicates_resolved"),
                 "by_reason": self.by_reason, "committed": [r["partition"] for r in self.committed],
                 "rejected": {r["partition"]: r["problem"] for r in self.rejected}, "skipped_files": self.skipped_files}
 
