@@ -47,6 +47,14 @@ class FeatureStoreConfig(_Frozen):
                                               "127.0.0.1:5432/test. Env: MILLRACE_REGISTRY.")
 
 
+class MlflowConfig(_Frozen):
+    tracking_uri: str | None = Field(None, description="MLflow tracking and registry store; default "
+                                     "sqlite:///<state_dir>/mlflow.db. E.g. postgresql+psycopg://postgres@"
+                                     "127.0.0.1:5432/test. Env: MILLRACE_MLFLOW_URI.")
+    artifact_root: str | None = Field(None, description="Where run artifacts go; default <state_dir>/mlartifacts. "
+                                      "Env: MILLRACE_MLFLOW_ARTIFACTS.")
+
+
 class ProjectConfig(_Frozen):
     name: str = Field(description="Project name, used in run ids and reports.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
@@ -54,6 +62,7 @@ class ProjectConfig(_Frozen):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Beam settings.")
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig,
                                               description="Feast online store and registry.")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="Model tracking and registry.")
 
 
 class Project:

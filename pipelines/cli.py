@@ -14,15 +14,17 @@ from typing import Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="millrace: contracts, ingestion, validation and features for AI backends.")
+                  help="millrace: contracts, ingestion, validation, features and models for AI backends.")
 contracts_app = typer.Typer(no_args_is_help=True, help="Check and compare data contracts.")
 example_app = typer.Typer(no_args_is_help=True, help="The bundled MovieLens example.")
 lake_app = typer.Typer(no_args_is_help=True, help="Look at the lake and its quarantine.")
 features_app = typer.Typer(no_args_is_help=True, help="Feature views: build, Feast, materialize, training sets.")
+models_app = typer.Typer(no_args_is_help=True, help="Registered models: versions, aliases, promotion, rollback.")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(example_app, name="example")
 app.add_typer(lake_app, name="lake")
 app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
 
 BUNDLED_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "movielens"
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -69,13 +71,16 @@ def _handled(fn):
     from contracts.errors import ContractError
     from features.errors import FeatureError
     from pipelines.errors import PipelineError, RunFailed
+    from training.errors import ModelSpecError, TrainingError, UnknownModel
 
     try:
         return fn()
     except RunFailed as exc:
         _fail(str(exc), 1)
-    except (ContractError, PipelineError, FeatureError) as exc:
+    except (ContractError, PipelineError, FeatureError, ModelSpecError, UnknownModel) as exc:
         _fail(str(exc), 2)
+    except TrainingError as exc:  # the run itself refused the model (data, loss, export, INT8 gate)
+        _fail(str(exc), 1)
 
 
 # -- contracts --------------------------------------------------------------------------------
@@ -176,12 +181,14 @@ def ingest_command(
 
 @app.command("nightly", context_settings=PASS_THROUGH)
 def nightly_command(ctx: typer.Context,
-                    expectations: bool = typer.Option(True, help="Run the Great Expectations suites.")):
-    """The scheduled job: land the example if needed, then ingest and validate every source."""
+                    expectations: bool = typer.Option(True, help="Run the Great Expectations suites."),
+                    train: Optional[bool] = typer.Option(None, "--train/--no-train", help="Retrain every model "
+                                                         "(default: only when triggered: first run or new data).")):
+    """The scheduled job: land the example if needed, ingest and validate, build features, train."""
     def run():
         from pipelines.nightly import nightly
 
-        nightly(_console(), _project(), list(ctx.args), expectations, bundled=_is_bundled())
+        nightly(_console(), _project(), list(ctx.args), expectations, bundled=_is_bundled(), train=train)
 
     _handled(run)
 
@@ -338,6 +345,9 @@ def features_get(view: str = typer.Argument(..., help="Feature view."),
             typer.echo(row)
 
     _handled(run)
+
+
+from pipelines import cli_models  # noqa: E402,F401  (registers `train` and `models`)
 
 
 def main():

@@ -1,0 +1,161 @@
+"""``millrace train`` and ``millrace models ...``: training runs and the model registry."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from pipelines.cli import _console, _fail, _handled, _project, app, models_app
+
+
+@app.command("train")
+def train_command(model: Optional[list[str]] = typer.Option(None, "--model", "-m",
+                                                            help="Model from models.yaml (repeatable; default: all).")):
+    """Train, export to ONNX, quantize to INT8, log to MLflow, register; promote if the gates pass."""
+    def run():
+        from pipelines.train import train_with_summary
+
+        train_with_summary(_console(), _project(), list(model) if model else None)
+
+    _handled(run)
+
+
+def _client_and_name(model: str):
+    from features.spec import load_features
+    from training import registry
+    from training.spec import load_models
+
+    project = _project()
+    load_models(project, load_features(project)).get(model)
+    return project, registry.connect(project), registry.registered_name(project, model)
+
+
+@models_app.command("list")
+def models_list():
+    """Each model of models.yaml: versions, champion, challenger and the champion's primary metric."""
+    def run():
+        from features.spec import load_features
+        from training import registry
+        from training.errors import UnknownModel
+        from training.spec import load_models
+
+        project = _project()
+        models = load_models(project, load_features(project))
+        client = registry.connect(project)
+        for name in models.names:
+            reg = registry.registered_name(project, name)
+            try:
+                found = registry.versions(client, reg)
+            except UnknownModel:
+                typer.echo(f"{name:<20} not trained yet (millrace train --model {name})")
+                continue
+            champion = registry.alias_target(client, reg, registry.CHAMPION)
+            challenger = registry.alias_target(client, reg, registry.CHALLENGER)
+            primary = models.get(name).primary
+            metric = ""
+            if champion:
+                value = client.get_run(registry.get_version(client, reg, champion).run_id).data.metrics.get(primary)
+                metric = f"  {primary}={value:.4f}" if value is not None else ""
+            typer.echo(f"{name:<20} {len(found)} version(s)  champion={champion or '-'}  "
+                       f"challenger={challenger or '-'}{metric}")
+
+    _handled(run)
+
+
+@models_app.command("show")
+def models_show(model: str = typer.Argument(..., help="Model name from models.yaml."),
+                version: Optional[str] = typer.Option(None, help="Version (default: the champion, else the latest)."),
+                at: Optional[str] = typer.Option(None, help="Which version was champion at this date/time (UTC)?")):
+    """A version's metrics, gates, lineage and files, and the model's alias history."""
+    def run():
+        from training import registry
+
+        project, client, reg = _client_and_name(model)
+        if at:
+            when = _when(at)
+            found = registry.alias_at(client, reg, registry.CHAMPION, when)
+            typer.echo(f"champion of {reg} at {when.isoformat()}: {found or 'none'}")
+            return
+        all_versions = registry.versions(client, reg)
+        v = version or registry.alias_target(client, reg, registry.CHAMPION) or (all_versions[-1].version
+                                                                                  if all_versions else None)
+        if v is None:
+            _fail(f"{reg} has no versions (fix: millrace train --model {model})", 2)
+        mv = registry.get_version(client, reg, v)
+        run_ = client.get_run(mv.run_id)
+        aliases = ", ".join(mv.aliases) or "-"
+        typer.echo(f"{reg} version {mv.version}  aliases: {aliases}  run: {mv.run_id}")
+        typer.echo(f"  source: {mv.source}")
+        typer.echo(f"  gate: {run_.data.tags.get('millrace.gate', '?')}")
+        shown = {k: v for k, v in sorted(run_.data.metrics.items()) if "." not in k or k.startswith("baseline.")}
+        typer.echo("  metrics: " + ", ".join(f"{k}={val:.4f}" for k, val in shown.items()))
+        for key in sorted(run_.data.tags):
+            if key.startswith(("millrace.contract.", "millrace.feature_view.", "millrace.git_sha")):
+                typer.echo(f"  {key[len('millrace.'):]}: {run_.data.tags[key]}")
+        typer.echo("  alias history:")
+        for e in registry.history(client, reg):
+            typer.echo(f"    {e.at}  {e.alias:<10} -> v{e.version} (was {e.previous or '-'}) by {e.by}: {e.why}")
+
+    _handled(run)
+
+
+@models_app.command("promote")
+def models_promote(model: str = typer.Argument(..., help="Model name."),
+                   version: str = typer.Argument(..., help="Version to make champion."),
+                   reason: str = typer.Option(..., "--reason", help="Why (kept in the alias history)."),
+                   force: bool = typer.Option(False, help="Promote even a version whose gates failed.")):
+    """Move `champion` to a version by hand (its gates must have passed unless --force)."""
+    def run():
+        from training import registry
+
+        _, client, reg = _client_and_name(model)
+        mv = registry.get_version(client, reg, version)
+        if mv.tags.get("millrace.gate") != "passed" and not force:
+            _fail(f"{reg} version {version} failed its gates ({mv.description}) (fix: pass --force to promote it "
+                  f"anyway)", 1)
+        event = registry.move_alias(client, reg, registry.CHAMPION, version, f"promoted by hand: {reason}")
+        typer.echo(f"{reg}: champion v{event.previous or '-'} -> v{event.version}")
+
+    _handled(run)
+
+
+@models_app.command("rollback")
+def models_rollback(model: str = typer.Argument(..., help="Model name."),
+                    to: Optional[str] = typer.Option(None, "--to", help="Version to go back to "
+                                                     "(default: the champion before the current one)."),
+                    reason: str = typer.Option(..., "--reason", help="Why (kept in the alias history).")):
+    """Point `champion` back at an earlier version."""
+    def run():
+        from training import registry
+
+        _, client, reg = _client_and_name(model)
+        current = registry.alias_target(client, reg, registry.CHAMPION)
+        target = to
+        if target is None:
+            previous = [e.version for e in registry.history(client, reg)
+                        if e.alias == registry.CHAMPION and e.version != current]
+            if not previous:
+                _fail(f"{reg} has no earlier champion to roll back to (fix: name one with --to)", 1)
+            target = previous[-1]
+        registry.get_version(client, reg, target)
+        event = registry.move_alias(client, reg, registry.CHAMPION, target, f"rollback: {reason}")
+        typer.echo(f"{reg}: champion v{event.previous or '-'} -> v{event.version}")
+
+    _handled(run)
+
+
+def _when(text: str):
+    import datetime as dt
+
+    from pipelines.errors import PipelineError
+
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise PipelineError(f"--at: '{text}' is not a date or time (fix: write e.g. 2026-11-01 or "
+                            f"2026-11-01T12:00:00)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    if len(text) <= 10:  # a bare date means the end of that day
+        value += dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    return value

@@ -1,0 +1,112 @@
+"""The bundle a registered version points at: ONNX files, a manifest with checksums, a model card.
+
+    <bundle>/model.onnx | user_encoder.onnx, item_encoder.onnx       FP32
+    <bundle>/<part>.int8.onnx                                       INT8 (served by default)
+    <bundle>/mlflow/<part>/                                         MLflow ONNX flavor, with signature
+    <bundle>/manifest.json                                          parts, served files, SHA-256, metrics
+    <bundle>/model_card.md
+
+Readers (the index builder, the inference tier) trust manifest.json and check each SHA-256; no
+file here is ever unpickled.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import onnx
+
+from contracts.storage import safe_name
+from training.export import signature
+
+MANIFEST = "manifest.json"
+_PART = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def write_bundle(directory: str, parts: dict, fp32: dict, int8: dict, info: dict) -> dict:
+    """Write every part's files and the manifest; returns the manifest."""
+    manifest = {**info, "format": 1, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "parts": {}}
+    for part, model in fp32.items():
+        if not _PART.match(part):
+            raise ValueError(f"bad part name {part!r}")
+        files = {"fp32": _save(directory, f"{safe_name(part)}.onnx", model)}
+        if part in int8:
+            files["int8"] = _save(directory, f"{safe_name(part)}.int8.onnx", int8[part])
+        served = "int8" if "int8" in files else "fp32"
+        _save_flavor(directory, part, model, parts[part])
+        manifest["parts"][part] = {
+            "files": {kind: name for kind, (name, _) in files.items()},
+            "sha256": {name: digest for name, digest in files.values()},
+            "served": served, "output": parts[part].output, "signature": signature(model),
+            "inputs": [s.describe() for s in parts[part].specs]}
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def read_manifest(directory: str) -> dict:
+    with open(os.path.join(directory, MANIFEST)) as f:
+        return json.load(f)
+
+
+def load_part(directory: str, manifest: dict, part: str, kind: str | None = None) -> bytes:
+    """The bytes of a part's ONNX file (``kind``: fp32 | int8; default the served one), checksum checked."""
+    entry = manifest["parts"][part]
+    name = entry["files"][kind or entry["served"]]
+    if os.path.basename(name) != name:
+        raise ValueError(f"bad file name {name!r} in {MANIFEST}")
+    with open(os.path.join(directory, name), "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"][name]:
+        raise ValueError(f"{name}: SHA-256 does not match {MANIFEST}; the bundle is corrupt")
+    return data
+
+
+def _save(directory: str, name: str, model: onnx.ModelProto) -> tuple[str, str]:
+    data = model.SerializeToString()
+    with open(os.path.join(directory, name), "wb") as f:
+        f.write(data)
+    return name, hashlib.sha256(data).hexdigest()
+
+
+def _save_flavor(directory: str, part: str, model: onnx.ModelProto, spec) -> None:
+    """The FP32 part as an MLflow ONNX model (MLmodel with the input/output signature)."""
+    import mlflow.onnx
+    from mlflow.models import infer_signature
+
+    from training.export import run, session
+
+    sample = spec.sample.take(np.arange(min(spec.sample.rows, 5)))
+    output = run(session(model), sample)
+    mlflow.onnx.save_model(model, os.path.join(directory, "mlflow", part),
+                           signature=infer_signature(dict(sample.raw), output))
+
+
+def model_card(name: str, spec, manifest: dict, metrics: dict, verdict_text: str, lineage: dict) -> str:
+    rows = ["| variant | " + " | ".join(spec.metrics) + " |", "|---|" + "---|" * len(spec.metrics)]
+    for variant in ("torch", "fp32", "int8", "baseline"):
+        if variant in metrics:
+            rows.append(f"| {variant} | " + " | ".join(f"{metrics[variant].get(m, float('nan')):.4f}"
+                                                        for m in spec.metrics) + " |")
+    lat = [f"- {part}: {v['fp32_ms']:.3f} ms FP32, {v.get('int8_ms', float('nan')):.3f} ms INT8 at batch "
+           f"{v['batch']} ({v.get('speedup', float('nan')):.2f}x)" for part, v in metrics.get("latency", {}).items()]
+    parts = [f"- `{p}`: inputs " + ", ".join(f"`{i['name']}` {i['datatype']}{i['shape']}" for i in e["signature"]["inputs"])
+             + f"; output `{e['output']}`; serves {e['served'].upper()}" for p, e in manifest["parts"].items()]
+    examples = lineage.get("examples", {})
+    return "\n".join([
+        f"# {name}", "", spec.description or "", "",
+        f"Family: {spec.family}" + (f" ({spec.task})" if spec.family == "tabular" else ""),
+        f"Label: {spec.label.column} {spec.label.op or ''} {'' if spec.label.value is None else spec.label.value}",
+        f"Examples: {examples.get('rows', '?')} rows of `{spec.examples.source}` (contract "
+        f"{examples.get('contract', {}).get('id', '?')} {examples.get('contract', {}).get('version', '?')}); "
+        f"holdout: the latest {spec.split.holdout:.0%} by event time, from {manifest.get('split_at', '?')}",
+        "", "## Metrics on the holdout", "", *rows, "",
+        f"Gates: {verdict_text}", "", "## Parts", "", *parts, "", "## Latency (onnxruntime, 2 threads)", "", *lat,
+        "", "## Intended use and limits", "",
+        "Trained on historical interactions only; scores reflect past behaviour and popularity. Check the "
+        "drift reports before trusting it on a changed population.", ""])
