@@ -29,7 +29,8 @@ def export(module, specs: list[InputSpec], sample: Encoded, output: str, doc: st
 
     module = module.cpu().eval()
     names = [s.name if s.kind == "numeric" else f"{s.name}__index" for s in specs]
-    axes = {n: ({0: "batch", 1: "length"} if s.kind == "multi" else {0: "batch"}) for n, s in zip(names, specs)}
+    axes = {n: ({0: "batch", 1: f"{s.name}_length"} if s.kind == "multi" else {0: "batch"})
+            for n, s in zip(names, specs)}  # each list its own length axis: lists differ in length
     axes[output] = {0: "batch"}
     buffer = io.BytesIO()
     example = tuple(tensors([a[:2] for a in sample.indexed], torch.device("cpu")))
@@ -52,7 +53,7 @@ def _graft_lookups(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.Model
             inputs.append(by_name[spec.name])
             continue
         index_name = f"{spec.name}__index"
-        shape = ["batch", "length"] if spec.kind == "multi" else ["batch"]
+        shape = ["batch", f"{spec.name}_length"] if spec.kind == "multi" else ["batch"]
         inputs.append(helper.make_tensor_value_info(spec.name, _ONNX_TYPES[spec.dtype], shape))
         nodes.append(_label_encoder(spec, index_name))
         if index_name not in by_name:  # torch pruned an input the network does not use

@@ -27,7 +27,7 @@ def fit(parameters, rows: int, loss_of: Callable, hp: Hyperparameters, progress:
     ``drop_last``: skip a final short batch (in-batch negatives need a full batch)."""
     import torch
 
-    params = [p for p in parameters if p.requires_grad]
+    params = list({id(p): p for p in parameters if p.requires_grad}.values())  # shared tables once
     optimizer = torch.optim.Adam(params, lr=hp.learning_rate)
     rng = np.random.default_rng(hp.seed)
     history = []

@@ -12,13 +12,16 @@ class FeatureMLP(nn.Module):
     multi int64 [B, L] (0 = padding). Output [B, out_dim]; ``squash``: sigmoid on a single output."""
 
     def __init__(self, specs: list[InputSpec], hidden: list[int], out_dim: int, embedding_dim: int,
-                 squash: bool = False):
+                 squash: bool = False, shared: dict | None = None):
+        """``shared``: {input name: nn.Embedding} tables to use instead of new ones (e.g. the item
+        tower's id embedding for a user's history of items)."""
         super().__init__()
+        shared = shared or {}
         self.kinds = [s.kind for s in specs]
         numeric = [s for s in specs if s.kind == "numeric"]
         self.register_buffer("mean", torch.tensor([s.mean for s in numeric], dtype=torch.float32))
         self.register_buffer("std", torch.tensor([s.std for s in numeric], dtype=torch.float32))
-        self.embeddings = nn.ModuleList(nn.Embedding(s.cardinality, embedding_dim, padding_idx=0)
+        self.embeddings = nn.ModuleList(shared.get(s.name) or nn.Embedding(s.cardinality, embedding_dim, padding_idx=0)
                                         for s in specs if s.kind != "numeric")
         width = len(numeric) + embedding_dim * len(self.embeddings)
         layers: list[nn.Module] = []
@@ -58,4 +61,4 @@ def device() -> torch.device:
 
 
 def tensors(arrays, dev: torch.device) -> list[torch.Tensor]:
-    return [torch.from_numpy(a).to(dev) for a in arrays]
+    return [torch.from_numpy(a if a.flags.writeable else a.copy()).to(dev) for a in arrays]

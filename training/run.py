@@ -162,7 +162,6 @@ def _log_metrics(results: dict, latency: dict) -> None:
 
 def _log_inputs(spec: ModelSpec, name: str, split, lineage: dict) -> None:
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     params = {"family": spec.family, "task": spec.task, "examples.source": spec.examples.source,
@@ -176,14 +175,14 @@ def _log_inputs(spec: ModelSpec, name: str, split, lineage: dict) -> None:
     params.update({f"hp.{k}": v for k, v in spec.hyperparameters.model_dump().items()})
     mlflow.log_params(params)
     examples = lineage.get("examples", {})
-    source = resolve_dataset_source(examples.get("uri", "file:///unknown"))
+    source = _source(examples.get("uri", "file:///unknown"))
     for context, table in (("training", split.train), ("holdout", split.holdout)):
         digest = f"{examples.get('digest', '')}:{context}:{table.num_rows}"
         mlflow.log_input(MetaDataset(source, name=f"{spec.examples.source}.{context}", digest=_short(digest)),
                          context=context)
     for view, info in lineage.get("feature_views", {}).items():
         uri = info.get("uri", "file:///unknown")
-        mlflow.log_input(MetaDataset(resolve_dataset_source(uri), name=f"feature_view.{view}",
+        mlflow.log_input(MetaDataset(_source(uri), name=f"feature_view.{view}",
                                      digest=str(info.get("sha256", ""))[:36]), context="features")
     tags = {"millrace.git_sha": lineage.get("git_sha", "unknown")}
     for source_name, contract in lineage.get("contracts", {}).items():
@@ -191,6 +190,16 @@ def _log_inputs(spec: ModelSpec, name: str, split, lineage: dict) -> None:
     for view, info in lineage.get("feature_views", {}).items():
         tags[f"millrace.feature_view.{view}"] = f"{info.get('sha256', '')[:16]} run {info.get('run_id', '?')}"
     mlflow.set_tags(tags)
+
+
+def _source(uri: str):
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():  # "file://" matches two equivalent source classes; either will do
+        warnings.simplefilter("ignore")
+        return resolve_dataset_source(uri)
 
 
 def _short(text: str) -> str:

@@ -52,6 +52,8 @@ class Split(_Frozen):
 class Tower(_Frozen):
     key: str = Field(description="Entity key column of the examples; gets an id embedding.")
     features: list[str] = Field(default_factory=list, description="Feature references, 'view:feature' or 'view'.")
+    history: str | None = Field(None, description="user tower: a 'view:feature' list of item keys the user "
+                                                  "interacted with; embedded with the item tower's id embedding.")
 
 
 class Hyperparameters(_Frozen):
@@ -183,6 +185,11 @@ def _check(path: Path, project: Project, features: Features, where: str, spec: M
                                      "add {key: <entity key>, features: [...]}")
             _check_key(path, f"{where}.{side}.key", tower.key, columns, spec.examples.source)
             _check_refs(path, features, f"{where}.{side}.features", tower.features, [tower.key])
+        if spec.item.history:
+            raise ModelSpecError(path, f"{where}.item.history", "history belongs to the user tower",
+                                 "move it to user.history")
+        if spec.user.history:
+            _check_history(path, features, f"{where}.user.history", spec.user, columns[spec.item.key])
         if spec.features:
             raise ModelSpecError(path, f"{where}.features", "two_tower models take features per tower",
                                  "move them under user.features or item.features")
@@ -193,6 +200,20 @@ def _check(path: Path, project: Project, features: Features, where: str, spec: M
             raise ModelSpecError(path, f"{where}.features", "a tabular model needs features",
                                  "list 'view:feature' references")
         _check_refs(path, features, f"{where}.features", spec.features, list(columns))
+
+
+def _check_history(path, features: Features, where: str, user: Tower, item_key_type: pa.DataType) -> None:
+    ref = user.history
+    if ":" not in ref:
+        raise ModelSpecError(path, where, f"'{ref}' names no single feature", "write 'view:feature'")
+    _check_refs(path, features, where, [ref], [user.key])
+    if ref in user.features:
+        raise ModelSpecError(path, where, f"'{ref}' is also in user.features", "list it once, as history")
+    view, name = ref.split(":")
+    typ = features.types[view][name]
+    if not (pa.types.is_list(typ) and typ.value_type == item_key_type):
+        raise ModelSpecError(path, where, f"'{ref}' is {typ}, not a list of item keys ({item_key_type})",
+                             "use a last_n feature over the item key, e.g. recent_movies")
 
 
 def _check_key(path, where: str, key: str, columns: dict, source: str) -> None:

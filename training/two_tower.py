@@ -14,6 +14,7 @@ positives, with the same exclusions.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import chain
 
 import numpy as np
@@ -43,21 +44,25 @@ def fit(project: Project, features: Features, spec: ModelSpec, split: Split, tim
     hp, user, item = spec.hyperparameters, spec.user, spec.item
     user_refs = resolve_refs(features, user.features) if user.features else {}
     item_refs = resolve_refs(features, item.features) if item.features else {}
+    user_features = user.features + ([user.history] if user.history else [])
     positives = split.train.filter(split.train.column("label")).select([user.key, item.key, time])
-    table = _with_features(project, features, positives, user.features + item.features, time)
+    table = _with_features(project, features, positives, user_features + item.features, time)
 
-    user_specs = [key_input(table, user.key, hp.max_vocabulary)] + fit_inputs(table, columns_of(user_refs),
-                                                                              hp.max_vocabulary)
     item_specs = [key_input(table, item.key, hp.max_vocabulary)] + fit_inputs(table, columns_of(item_refs),
                                                                               hp.max_vocabulary)
+    user_specs = [key_input(table, user.key, hp.max_vocabulary)] + fit_inputs(table, columns_of(user_refs),
+                                                                              hp.max_vocabulary)
+    if user.history:  # same vocabulary as the item ids, so both towers share one embedding table
+        user_specs.append(replace(item_specs[0], name=user.history.replace(":", "__"), kind="multi"))
     users, items = encode(table, user_specs), encode(table, item_specs)
     _, item_ids, item_counts = np.unique(items.raw[item.key], return_inverse=True, return_counts=True)
     log_q = np.log(item_counts[item_ids] / len(item_ids)).astype(np.float32)
 
     loop.seed_everything(hp.seed)
     dev = device()
-    user_net = FeatureMLP(user_specs, hp.hidden, hp.embedding_dim, hp.embedding_dim).to(dev)
     item_net = FeatureMLP(item_specs, hp.hidden, hp.embedding_dim, hp.embedding_dim).to(dev)
+    shared = {user_specs[-1].name: item_net.embeddings[0]} if user.history else None
+    user_net = FeatureMLP(user_specs, hp.hidden, hp.embedding_dim, hp.embedding_dim, shared=shared).to(dev)
     u_all, i_all = tensors(users.indexed, dev), tensors(items.indexed, dev)
     ids, lq = torch.from_numpy(item_ids).to(dev), torch.from_numpy(log_q).to(dev)
 
@@ -153,7 +158,8 @@ class _Holdout:
                                    f"(fix: land more history or change split.holdout)")
         rows = daily.take(pa.array(keep))
         spine = pa.table({user.key: rows.column("u"), time: pc.cast(rows.column("d"), time_type)})
-        self.query_table = _with_features(project, features, spine, spec.user.features, time)
+        self.query_table = _with_features(project, features, spine, spec.user.features +
+                                          ([spec.user.history] if spec.user.history else []), time)
         counts = pc.value_counts(positives.column(item.key).combine_chunks())
         pos = pc.index_in(counts.field("values"), value_set=candidates)
         ok = pc.is_valid(pos).to_numpy(zero_copy_only=False)
