@@ -37,7 +37,7 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
         contracts[view_source] = {"id": other.id, "version": other.version}
         feature_views[view] = {"uri": _uri(offline.data_path(project.offline, view)), "sha256": manifest.get("sha256", ""),
                                "run_id": manifest.get("run_id", ""), "rows": manifest.get("rows", 0),
-                               "built_at": manifest.get("built_at", ""), "spec_hash": manifest.get("spec_hash", "")}
+                               "built_at": manifest.get("built_at", ""), "features_yaml_sha256": manifest.get("features_yaml_sha256", "")}
     lineage = {
         "examples": {"source": source, "uri": _uri(lake.join(project.lake, source)), "rows": table.num_rows,
                      "digest": digest, "contract": contracts[source],
