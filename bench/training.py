@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -25,9 +26,13 @@ from pathlib import Path
 # This file is named like the `training` package: keep its folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+# Two known, harmless root-logger warnings: apache_beam's (no GCP client libraries) and
+# onnxruntime.quantization's advice to pre-process every model it quantizes.
+logging.getLogger().addFilter(lambda r: not r.getMessage().startswith(("apitools not found", "Please consider")))
+
 # Import everything before timing, so import cost counts for no engine.
 import numpy as np
-import onnxruntime  # noqa: F401
+import onnxruntime
 import onnxruntime.quantization  # noqa: F401
 import torch
 
@@ -161,22 +166,35 @@ def runners(part, models: dict, batch: int) -> dict:
     return out
 
 
-def timed(fn, seconds: float, min_runs: int, warmup: int) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times, started = [], time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - started < seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return np.asarray(times)
+def measure(calls: dict, seconds: float, min_runs: int, slice_s: float) -> dict:
+    """Per-call seconds of each engine, interleaved: engines take turns in slices of ``slice_s``
+    (order rotating each turn; the first call of a slice is untimed, it warms the caches) until each
+    has ``seconds`` of timed runs and at least ``min_runs``, so load swings hit all engines alike."""
+    times: dict = {e: [] for e in calls}
+    turn = 0
+    while any(sum(times[e]) < seconds or len(times[e]) < min_runs for e in calls):
+        order = list(calls)[turn % len(calls):] + list(calls)[:turn % len(calls)]
+        for engine in order:
+            fn, started = calls[engine], time.perf_counter()
+            fn()
+            while True:
+                t = time.perf_counter()
+                fn()
+                times[engine].append(time.perf_counter() - t)
+                if time.perf_counter() - started >= slice_s:
+                    break
+        turn += 1
+    return {e: np.asarray(x) for e, x in times.items()}
 
 
-def speed(name: str, fitted, onnx: dict, seconds: float, rounds: int, min_runs: int, warmup: int) -> dict:
-    """Per part and batch: each engine measured ``rounds`` times, the engines' order rotating every
-    round so load swings hit all alike; the best of the round medians counts."""
+def speed(name: str, fitted, onnx: dict, seconds: float, rounds: int, min_runs: int, warmup: int,
+          slice_s: float) -> dict:
+    """Per part and batch: ``rounds`` interleaved measurements of every engine; per engine the best
+    of its round medians counts (the quietest moment of a shared machine)."""
     out: dict = {}
-    print(f"\n{name}: latency, {THREADS} threads, best of {rounds} rounds of >= {seconds:g} s / >= {min_runs} runs")
+    print(f"\n{name}: latency, {THREADS} threads, best of {rounds} rounds of >= {seconds:g} s / >= {min_runs} runs "
+          f"per engine, engines interleaved in {slice_s * 1e3:g} ms slices; torch takes vocabulary indices "
+          f"(looked up beforehand, untimed), ORT the raw values (looked up in the graph)")
     print(f"  {'part':<13} {'batch':>5}  {'engine':<17} {'median ms':>10} {'rows/s':>12} {'vs FP32':>8}  "
           f"{'round medians ms':<24} {'load':>5}")
     for p, part in fitted.parts.items():
@@ -184,13 +202,18 @@ def speed(name: str, fitted, onnx: dict, seconds: float, rounds: int, min_runs: 
         models = {e: onnx[e][p] for e in ENGINES[1:]}
         for batch in BATCHES:
             calls = runners(part, models, batch)
+            for fn in calls.values():
+                for _ in range(warmup):
+                    fn()
             medians: dict = {e: [] for e in ENGINES}
-            for r in range(rounds):
-                for engine in ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]:
-                    medians[engine].append(float(np.median(timed(calls[engine], seconds, min_runs, warmup))))
+            runs = dict.fromkeys(ENGINES, 0)
+            for _ in range(rounds):
+                for engine, times in measure(calls, seconds, min_runs, slice_s).items():
+                    medians[engine].append(float(np.median(times)))
+                    runs[engine] += len(times)
             load = round(os.getloadavg()[0], 2)
-            cell = {e: {"ms": min(m) * 1e3, "rows_per_s": batch / min(m), "round_ms": [x * 1e3 for x in m]}
-                    for e, m in medians.items()}
+            cell = {e: {"ms": min(m) * 1e3, "rows_per_s": batch / min(m), "round_ms": [x * 1e3 for x in m],
+                        "runs": runs[e]} for e, m in medians.items()}
             for e in ENGINES:
                 c = cell[e]
                 rounds_text = " ".join(f"{x:.3f}" for x in c["round_ms"])
@@ -231,9 +254,10 @@ def report(summary: dict) -> None:
                 ratio = r[f"fp32/torch@{b}"]
                 checks.append((f"{name}/{p} ORT FP32/torch eager @{b}", f"{ratio:.2f}x", ">= 1x", ratio >= 1.0))
     print(f"\n{'check':<62} {'figure':>16} {'target':>17}  result")
-    for name, figure, target, ok in checks:
-        print(f"{name:<62} {figure:>16} {target:>17}  {'PASS' if ok else 'MISS'}")
-    summary["targets"] = {name: {"figure": figure, "target": target, "pass": ok} for name, figure, target, ok in checks}
+    for check, figure, target, ok in checks:
+        print(f"{check:<62} {figure:>16} {target:>17}  {'PASS' if ok else 'MISS'}")
+    summary["targets"] = {check: {"figure": figure, "target": target, "pass": ok}
+                          for check, figure, target, ok in checks}
 
 
 def main() -> None:
@@ -244,7 +268,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0, help="time budget of one measurement")
     ap.add_argument("--min-runs", type=int, default=20, help="runs of one measurement at least")
     ap.add_argument("--rounds", type=int, default=3, help="measurements per engine and cell; the best median counts")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed runs before each measurement")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed runs of each engine before a cell's rounds")
+    ap.add_argument("--slice", type=float, default=0.05, help="seconds an engine runs before the next takes its turn")
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
     state = Path(args.state or tempfile.mkdtemp(prefix="millrace-training-bench-")).resolve()
@@ -256,7 +281,8 @@ def main() -> None:
         models = load_models(project, features)
         load = round(os.getloadavg()[0], 2)
         summary: dict = {"threads": THREADS, "batches": list(BATCHES), "seconds": args.seconds,
-                         "min_runs": args.min_runs, "rounds": args.rounds, "load_average_before": load,
+                         "min_runs": args.min_runs, "rounds": args.rounds, "slice_s": args.slice,
+                         "warmup": args.warmup, "load_average_before": load,
                          "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                          "cpu_count": os.cpu_count(), "models": {}}
         print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {THREADS} threads, "
@@ -265,7 +291,8 @@ def main() -> None:
             spec = models.get(name)
             fitted, onnx, facts = build(project, features, models, name)
             facts["quality"] = quality(name, spec, fitted, onnx)
-            facts["latency"] = speed(name, fitted, onnx, args.seconds, args.rounds, args.min_runs, args.warmup)
+            facts["latency"] = speed(name, fitted, onnx, args.seconds, args.rounds, args.min_runs, args.warmup,
+                                     args.slice)
             facts["ratios"] = ratios(facts["latency"])
             summary["models"][name] = facts
         summary["load_average_after"] = round(os.getloadavg()[0], 2)

@@ -358,5 +358,7 @@ def main():
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m pipelines.cli: run the package module, where cli_models registered
+    from pipelines.cli import main as package_main
+
+    package_main()

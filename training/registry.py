@@ -59,6 +59,7 @@ def connect(project: Project):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
+        _ping(uri)
         client = MlflowClient(uri, uri)
         client.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - name the store and the fix, not the driver's traceback
@@ -66,6 +67,21 @@ def connect(project: Project):
         raise RegistryUnavailable(f"cannot reach the MLflow store at {_redact(uri)}: {first} "
                                   f"(fix: check mlflow.tracking_uri in millrace.yaml or MILLRACE_MLFLOW_URI)") from None
     return client
+
+
+def _ping(uri: str) -> None:
+    """Fail in seconds on an unreachable database (MLflow itself retries for minutes)."""
+    scheme = uri.split(":", 1)[0]
+    if not scheme.startswith(("postgresql", "mysql", "mssql")):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5}, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def experiment_id(client, project: Project, model: str) -> str:

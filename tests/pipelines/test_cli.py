@@ -59,6 +59,7 @@ def test_nightly_rerun_is_a_no_op(nightly_state):
     state, _ = nightly_state
     out = run(["nightly"], state).stdout
     assert out.count("nothing to ingest") == 2
+    assert "nothing new to train" in out and "version 2" not in out
 
 
 def test_ingest_date_rebuilds_one_partition_without_duplicates(nightly_state):
@@ -178,3 +179,30 @@ def test_feature_errors_are_one_line(nightly_state, tmp_path):
     state, _ = nightly_state
     _assert_one_line_error(run(["features", "get", "nope", "1"], state, check=False), "unknown feature view 'nope'")
     _assert_one_line_error(run(["features", "materialize"], tmp_path, check=False), "features build")
+
+
+def test_nightly_trains_both_families_and_promotes(nightly_state):
+    _, out = nightly_state
+    for name in ("movielens.movie_retrieval", "movielens.will_like"):
+        assert f"{name} version 1" in out, out
+    assert out.count("champion: pass") == 2, out  # first run: no champion yet, the metric gates pass
+    assert "vs popularity baseline" in out
+
+
+def test_models_commands(nightly_state):
+    state, _ = nightly_state
+    listed = run(["models", "list"], state).stdout
+    assert "movie_retrieval" in listed and "champion=1" in listed and "will_like" in listed
+    shown = run(["models", "show", "will_like"], state).stdout
+    assert "version 1" in shown and "champion" in shown and "contract.ratings" in shown and "auc=" in shown
+    assert "champion of movielens.will_like" in run(["models", "show", "will_like", "--at", "2000-01-01"], state).stdout
+    assert ": none" in run(["models", "show", "will_like", "--at", "2000-01-01"], state).stdout
+    today = run(["models", "show", "will_like", "--at", "2999-01-01"], state).stdout
+    assert today.strip().endswith(": 1")
+    _assert_one_line_error(run(["models", "promote", "will_like", "7", "--reason", "x"], state, check=False),
+                           "no version 7")
+    _assert_one_line_error(run(["models", "rollback", "will_like", "--reason", "x"], state, check=False),
+                           "no earlier champion")
+    _assert_one_line_error(run(["train", "--model", "nope"], state, check=False), "unknown model 'nope'",
+                           "movie_retrieval")
+    _assert_one_line_error(run(["models", "show", "nope"], state, check=False), "unknown model 'nope'")
