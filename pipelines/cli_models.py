@@ -144,6 +144,24 @@ def models_rollback(model: str = typer.Argument(..., help="Model name."),
     _handled(run)
 
 
+@models_app.command("ui")
+def models_ui(port: int = typer.Option(5000, help="Port of the MLflow UI."),
+              host: str = typer.Option("127.0.0.1", help="Interface to listen on.")):
+    """Open the runs, metrics, artifacts and registry in the MLflow UI (this project's store)."""
+    def run():
+        import os
+        import sys
+
+        from training.registry import tracking_uri
+
+        uri = tracking_uri(_project())
+        typer.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+        mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+        os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+
+    _handled(run)
+
+
 def _when(text: str):
     import datetime as dt
 
