@@ -189,8 +189,10 @@ def measure(calls: dict, seconds: float, min_runs: int, slice_s: float) -> dict:
 
 def speed(name: str, fitted, onnx: dict, seconds: float, rounds: int, min_runs: int, warmup: int,
           slice_s: float) -> dict:
-    """Per part and batch: ``rounds`` interleaved measurements of every engine; per engine the best
-    of its round medians counts (the quietest moment of a shared machine)."""
+    """Per part and batch: ``rounds`` interleaved measurements of every engine. Per engine the best
+    of its round medians is its latency (the quietest moment of a shared machine); ratios between
+    engines are the median over rounds of the ratio *within* a round (both measured in the same
+    seconds), which a load swing between rounds cannot bias."""
     out: dict = {}
     print(f"\n{name}: latency, {THREADS} threads, best of {rounds} rounds of >= {seconds:g} s / >= {min_runs} runs "
           f"per engine, engines interleaved in {slice_s * 1e3:g} ms slices; torch takes vocabulary indices "
@@ -213,12 +215,14 @@ def speed(name: str, fitted, onnx: dict, seconds: float, rounds: int, min_runs: 
                     runs[engine] += len(times)
             load = round(os.getloadavg()[0], 2)
             cell = {e: {"ms": min(m) * 1e3, "rows_per_s": batch / min(m), "round_ms": [x * 1e3 for x in m],
-                        "runs": runs[e]} for e, m in medians.items()}
+                        "runs": runs[e],
+                        "speed_vs": {o: float(np.median(np.asarray(medians[o]) / np.asarray(m))) for o in ENGINES}}
+                    for e, m in medians.items()}
             for e in ENGINES:
                 c = cell[e]
                 rounds_text = " ".join(f"{x:.3f}" for x in c["round_ms"])
                 print(f"  {p:<13} {batch:>5}  {LABELS[e]:<17} {c['ms']:>10.3f} {c['rows_per_s']:>12,.0f} "
-                      f"{c['rows_per_s'] / cell['fp32']['rows_per_s']:>7.2f}x  {rounds_text:<24} {load:>5}",
+                      f"{c['speed_vs']['fp32']:>7.2f}x  {rounds_text:<24} {load:>5}",
                       flush=True)
             out[p][batch] = cell | {"load_average": load}
     return out
@@ -227,11 +231,12 @@ def speed(name: str, fitted, onnx: dict, seconds: float, rounds: int, min_runs: 
 # -- report --------------------------------------------------------------------------------------
 
 def ratios(latency: dict) -> dict:
-    """Per part: INT8/FP32 rows/s at batch 256, ORT FP32/torch eager rows/s at each batch."""
+    """Per part: INT8/FP32 rows/s at batch 256, ORT FP32/torch eager rows/s at each batch (paired
+    within rounds, median over rounds)."""
     out = {}
     for p, cells in latency.items():
-        r = {f"{e}/fp32@256": cells[256][e]["rows_per_s"] / cells[256]["fp32"]["rows_per_s"] for e in ENGINES[2:]}
-        r |= {f"fp32/torch@{b}": cells[b]["fp32"]["rows_per_s"] / cells[b]["torch"]["rows_per_s"] for b in BATCHES}
+        r = {f"{e}/fp32@256": cells[256][e]["speed_vs"]["fp32"] for e in ENGINES[2:]}
+        r |= {f"fp32/torch@{b}": cells[b]["fp32"]["speed_vs"]["torch"] for b in BATCHES}
         out[p] = r
     return out
 
@@ -243,7 +248,7 @@ def report(summary: dict) -> None:
     for name, m in summary["models"].items():
         primary = m["primary"]
         for p, r in m["ratios"].items():
-            print(f"  {name}/{p:<13} INT8 dynamic/FP32 @256 {r['int8_dynamic/fp32@256']:5.2f}x   "
+            print(f"  {name + '/' + p:<29} INT8 dynamic/FP32 @256 {r['int8_dynamic/fp32@256']:5.2f}x   "
                   f"INT8 static/FP32 @256 {r['int8_static/fp32@256']:5.2f}x   ORT FP32/torch eager "
                   + "  ".join(f"@{b} {r[f'fp32/torch@{b}']:.2f}x" for b in BATCHES))
             for e in ENGINES[2:]:
@@ -267,9 +272,10 @@ def main() -> None:
     ap.add_argument("--models", default="movie_retrieval,will_like", help="comma list of models.yaml names")
     ap.add_argument("--seconds", type=float, default=1.0, help="time budget of one measurement")
     ap.add_argument("--min-runs", type=int, default=20, help="runs of one measurement at least")
-    ap.add_argument("--rounds", type=int, default=3, help="measurements per engine and cell; the best median counts")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved measurements per cell; ratios are paired "
+                                                          "within a round, median over rounds")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs of each engine before a cell's rounds")
-    ap.add_argument("--slice", type=float, default=0.05, help="seconds an engine runs before the next takes its turn")
+    ap.add_argument("--slice", type=float, default=0.2, help="seconds an engine runs before the next takes its turn")
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
     state = Path(args.state or tempfile.mkdtemp(prefix="millrace-training-bench-")).resolve()

@@ -22,7 +22,8 @@ _ONNX_TYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "string
 
 
 def export(module, specs: list[InputSpec], sample: Encoded, output: str, doc: str = "") -> onnx.ModelProto:
-    """The ONNX model of ``module`` (a FeatureMLP in eval mode) taking raw inputs named as ``specs``."""
+    """The ONNX model of ``module`` (a FeatureMLP; moved to the CPU and set to eval mode) taking raw
+    inputs named as ``specs``."""
     import torch
 
     from training.nets import tensors
@@ -56,8 +57,6 @@ def _graft_lookups(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.Model
         shape = ["batch", f"{spec.name}_length"] if spec.kind == "multi" else ["batch"]
         inputs.append(helper.make_tensor_value_info(spec.name, _ONNX_TYPES[spec.dtype], shape))
         nodes.append(_label_encoder(spec, index_name))
-        if index_name not in by_name:  # torch pruned an input the network does not use
-            continue
     del graph.input[:]
     graph.input.extend(inputs)
     for node in reversed(nodes):

@@ -38,3 +38,9 @@ class Fitted:
 def columns_of(refs: dict[str, list[str]]) -> list[str]:
     """Training-set column names ("view__feature") of resolved references."""
     return [f"{view}__{name}" for view, names in refs.items() for name in names]
+
+
+def spread(rows: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` row numbers evenly spread over ``rows`` (examples are in time order, so
+    calibration sees every period, not only the oldest)."""
+    return np.unique(np.linspace(0, rows - 1, min(rows, limit)).astype(np.int64)) if rows else np.zeros(0, np.int64)

@@ -25,7 +25,13 @@ OP_TYPES = ["MatMul", "Gemm"]
 
 
 def quantize(model: onnx.ModelProto, method: str, calibration: Encoded | None = None) -> onnx.ModelProto:
+    import logging
+
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    # onnxruntime logs "Please consider pre-processing" on every call; the graphs are already
+    # shape-inferred and small, and the advice is not actionable by a user of millrace.
+    logging.getLogger().addFilter(_NoPreprocessAdvice())
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
@@ -45,6 +51,17 @@ def quantize(model: onnx.ModelProto, method: str, calibration: Encoded | None = 
         else:
             raise ValueError(f"unknown quantization method {method!r}")
         return onnx.load(dst)
+
+
+class _NoPreprocessAdvice:
+    def filter(self, record) -> bool:
+        return "pre-process" not in record.getMessage()
+
+    def __eq__(self, other) -> bool:  # added once, however often quantize runs
+        return isinstance(other, _NoPreprocessAdvice)
+
+    def __hash__(self) -> int:
+        return 0
 
 
 class _Reader:

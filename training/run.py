@@ -130,16 +130,25 @@ def _onnx_runner(models: dict):
     return lambda part, encoded: export.run(sessions[part], encoded)
 
 
-def _latency(fitted, fp32: dict, int8: dict) -> dict:
+def _latency(fitted, fp32: dict, int8: dict, rounds: int = 3) -> dict:
+    """FP32 and INT8 timed in alternation; the speedup is the median of the paired ratios, so a
+    load swing on a shared machine does not land on one variant only (bench/training.py does more)."""
+    import numpy as np
+
     from training.quantize import latency
 
     out = {}
     for p, part in fitted.parts.items():
-        a = latency(export.session(fp32[p], LATENCY_THREADS), part.sample, LATENCY_BATCH)
-        entry = {"batch": LATENCY_BATCH, "fp32_ms": a["ms"]}
-        if p in int8:
-            b = latency(export.session(int8[p], LATENCY_THREADS), part.sample, LATENCY_BATCH)
-            entry.update(int8_ms=b["ms"], speedup=a["ms"] / b["ms"])
+        a_sess = export.session(fp32[p], LATENCY_THREADS)
+        b_sess = export.session(int8[p], LATENCY_THREADS) if p in int8 else None
+        a_ms, b_ms = [], []
+        for _ in range(rounds if b_sess else 1):
+            a_ms.append(latency(a_sess, part.sample, LATENCY_BATCH, seconds=0.3)["ms"])
+            if b_sess:
+                b_ms.append(latency(b_sess, part.sample, LATENCY_BATCH, seconds=0.3)["ms"])
+        entry = {"batch": LATENCY_BATCH, "fp32_ms": float(np.median(a_ms))}
+        if b_sess:
+            entry.update(int8_ms=float(np.median(b_ms)), speedup=float(np.median(np.divide(a_ms, b_ms))))
         out[p] = entry
     return out
 

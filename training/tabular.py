@@ -13,7 +13,7 @@ from features.training_set import resolve_refs, training_set
 from training import loop, metrics
 from training.data import Split
 from training.encode import encode, fit_inputs
-from training.families import Fitted, Part, Runner, columns_of
+from training.families import Fitted, Part, Runner, columns_of, spread
 from training.spec import ModelSpec
 
 
@@ -63,5 +63,5 @@ def fit(project: Project, features: Features, spec: ModelSpec, split: Split, tim
         parts={"model": Part(net, specs, "probability" if classify else "prediction", x_hold)},
         evaluate=evaluate, baseline=baseline, losses=losses,
         sizes={"training_examples": train.num_rows, "holdout_examples": hold.num_rows},
-        calibration={"model": x.take(np.arange(min(x.rows, spec.quantization.calibration_examples)))},
+        calibration={"model": x.take(spread(x.rows, spec.quantization.calibration_examples))},
     )

@@ -29,7 +29,7 @@ from training import loop, metrics
 from training.data import Split
 from training.encode import UNSEEN, encode, fit_inputs, key_input
 from training.errors import EmptyTrainingSet
-from training.families import Fitted, Part, Runner, columns_of
+from training.families import Fitted, Part, Runner, columns_of, spread
 from training.spec import ModelSpec
 
 K = 10
@@ -99,8 +99,8 @@ def fit(project: Project, features: Features, spec: ModelSpec, split: Split, tim
         losses=losses,
         sizes={"training_positives": positives.num_rows, "holdout_queries": len(holdout.relevant),
                "candidates": holdout.candidate_table.num_rows},
-        calibration={"user_encoder": users.take(np.arange(min(users.rows, spec.quantization.calibration_examples))),
-                     "item_encoder": items.take(np.arange(min(items.rows, spec.quantization.calibration_examples)))},
+        calibration={"user_encoder": users.take(spread(users.rows, spec.quantization.calibration_examples)),
+                     "item_encoder": items.take(spread(items.rows, spec.quantization.calibration_examples))},
     )
 
 
