@@ -42,10 +42,10 @@ class FeatureMLP(nn.Module):
             e += 1
             if kind == "categorical":
                 parts.append(table(x))
-            else:  # mean of the non-padding embeddings of each row
-                mask = (x > 0).unsqueeze(-1).to(torch.float32)
-                total = (table(x) * mask).sum(dim=1)
-                parts.append(total / mask.sum(dim=1).clamp(min=1.0))
+            else:  # mean of the non-padding embeddings of each row; the padding row (index 0)
+                # is all zeros and never trained (padding_idx), so the sum needs no mask
+                count = (x > 0).to(torch.float32).sum(dim=1, keepdim=True)
+                parts.append(table(x).sum(dim=1) / count.clamp(min=1.0))
         if numeric:
             x = torch.stack(numeric, dim=1)
             x = torch.where(torch.isnan(x), self.mean.expand_as(x), x)
