@@ -55,7 +55,7 @@ def train(project: Project, features: Features, models: Models, name: str, examp
     started = dt.datetime.now(dt.timezone.utc)
     with mlflow.start_run(experiment_id=exp, run_name=f"{name}-{started:%Y%m%dT%H%M%S}") as run:
         try:
-            _log_inputs(spec, name, split, lineage)
+            _log_inputs(spec, split, lineage)
             say(f"training {name} ({spec.family}) on {split.train.num_rows:,} examples, "
                 f"holdout {split.holdout.num_rows:,} from {split.cut}")
             fitted = _family(spec).fit(project, features, spec, split, time, name, progress)
@@ -169,7 +169,7 @@ def _log_metrics(results: dict, latency: dict) -> None:
     mlflow.log_metrics({k: float(v) for k, v in flat.items() if v == v})  # NaN (undefined) is left out
 
 
-def _log_inputs(spec: ModelSpec, name: str, split, lineage: dict) -> None:
+def _log_inputs(spec: ModelSpec, split, lineage: dict) -> None:
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 

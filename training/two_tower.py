@@ -142,7 +142,7 @@ class _Holdout:
         idx = pc.index_in(hold.column(item.key), value_set=candidates)
         daily = pa.table({"u": hold.column(user.key), "d": days, "i": idx}).filter(pc.is_valid(idx))
         daily = daily.group_by(["u", "d"]).aggregate([("i", "distinct")]).sort_by([("d", "ascending"), ("u", "ascending")])
-        users, starts, keep = [], [], []
+        keep: list[int] = []
         self.relevant, self.excluded = [], []
         day_ticks = pc.cast(pc.cast(daily.column("d"), time_type), pa.int64()).to_numpy()
         for n, (u, items) in enumerate(zip(daily.column("u").to_pylist(), daily.column("i_distinct").to_pylist())):
