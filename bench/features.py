@@ -39,12 +39,12 @@ from feast.infra.offline_stores.dask import DaskOfflineStore  # noqa: F401  (Fea
 from feast.infra.online_stores.redis import RedisOnlineStore  # noqa: F401
 from feast.infra.online_stores.sqlite import SqliteOnlineStore  # noqa: F401
 
-from contracts.project import load_project
-from features import feast_repo, offline
-from features.materialize import materialize
-from features.online import OnlineReader
-from features.spec import load_features
-from features.training_set import feast_training_set, resolve_refs, training_set
+from millrace.contracts.project import load_project
+from millrace.features import feast_repo, offline
+from millrace.features.materialize import materialize
+from millrace.features.online import OnlineReader
+from millrace.features.spec import load_features
+from millrace.features.training_set import feast_training_set, resolve_refs, training_set
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "movielens"
 TS = pa.timestamp("us", tz="UTC")

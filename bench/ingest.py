@@ -37,8 +37,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from great_expectations.render.renderer import ValidationResultsPageRenderer  # noqa: F401
 from great_expectations.render.view import DefaultJinjaPageView  # noqa: F401
 
-from contracts.project import load_project
-from pipelines.ingest import ingest
+from millrace.contracts.project import load_project
+from millrace.pipelines.ingest import ingest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "movielens"
 FIELDS = ("userId", "movieId", "rating", "timestamp")

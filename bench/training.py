@@ -36,14 +36,14 @@ import onnxruntime
 import onnxruntime.quantization  # noqa: F401
 import torch
 
-from contracts.project import load_project
-from features.spec import load_features
-from pipelines.train import examples_and_lineage
-from training import export, gates
-from training.data import split as split_examples
-from training.nets import tensors
-from training.quantize import quantize
-from training.spec import load_models
+from millrace.contracts.project import load_project
+from millrace.features.spec import load_features
+from millrace.pipelines.train import examples_and_lineage
+from millrace.training import export, gates
+from millrace.training.data import split as split_examples
+from millrace.training.nets import tensors
+from millrace.training.quantize import quantize
+from millrace.training.spec import load_models
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "movielens"
 THREADS = 2
@@ -75,9 +75,9 @@ def ensure_state(state: Path) -> None:
 
 def family(spec):
     if spec.family == "two_tower":
-        from training import two_tower
+        from millrace.training import two_tower
         return two_tower
-    from training import tabular
+    from millrace.training import tabular
     return tabular
 
 

@@ -2,8 +2,8 @@
 
 Nothing here imports another millrace package (see DESIGN.md section 2).
 """
-from contracts.errors import ContractError
-from contracts.model import Contract, Field, Partitioning
-from contracts.loader import load_contract
+from millrace.contracts.errors import ContractError
+from millrace.contracts.model import Contract, Field, Partitioning
+from millrace.contracts.loader import load_contract
 
 __all__ = ["Contract", "ContractError", "Field", "Partitioning", "load_contract"]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts.model import Contract, Field
+from millrace.contracts.model import Contract, Field
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 

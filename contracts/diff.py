@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.model import Contract, Field
+from millrace.contracts.model import Contract, Field
 
 
 @dataclass(frozen=True)

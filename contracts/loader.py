@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from contracts.errors import ContractError
-from contracts.model import (
+from millrace.contracts.errors import ContractError
+from millrace.contracts.model import (
     GRANULARITIES,
     SUPPORTED_LOGICAL_TYPES,
     TIMESTAMP_ENCODINGS,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.errors import ContractError
-from contracts.loader import load_contract, read_yaml
-from contracts.model import Contract
+from millrace.contracts.errors import ContractError
+from millrace.contracts.loader import load_contract, read_yaml
+from millrace.contracts.model import Contract
 
 
 class _Frozen(BaseModel):

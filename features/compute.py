@@ -15,7 +15,7 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.spec import Aggregation, FeatureView, duration
+from millrace.features.spec import Aggregation, FeatureView, duration
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 TS = pa.timestamp("us", tz="UTC")

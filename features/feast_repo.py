@@ -15,11 +15,11 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import yaml
 
-from contracts import storage
-from contracts.project import Project
-from features.errors import StoreUnavailable
-from features.offline import data_path
-from features.spec import Features, duration
+from millrace.contracts import storage
+from millrace.contracts.project import Project
+from millrace.features.errors import StoreUnavailable
+from millrace.features.offline import data_path
+from millrace.features.spec import Features, duration
 
 _FEAST_TYPES = {  # arrow type -> feast.types name
     pa.int64(): "Int64", pa.int32(): "Int32", pa.float64(): "Float64", pa.float32(): "Float32",
@@ -94,7 +94,7 @@ def _key_type(project: Project, features: Features, entity: str) -> pa.DataType:
     for name, view in features.views.items():
         if view.entity == entity:
             return features.key_type(name)
-    from contracts.arrow import arrow_type
+    from millrace.contracts.arrow import arrow_type
 
     e = features.spec.entities[entity]
     return arrow_type(project.contract(e.source).field(e.join_key))
@@ -115,7 +115,7 @@ def feature_store(project: Project):
     without a rebuild)."""
     from feast import FeatureStore
 
-    from features.errors import NothingBuilt
+    from millrace.features.errors import NothingBuilt
 
     path = os.path.join(repo_dir(project), "feature_store.yaml")
     if not os.path.exists(path):

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from contracts import storage
-from contracts.project import Project
-from features import offline
-from features.errors import NothingBuilt, StoreUnavailable
-from features.feast_repo import feature_store, repo_dir
-from features.spec import Features
+from millrace.contracts import storage
+from millrace.contracts.project import Project
+from millrace.features import offline
+from millrace.features.errors import NothingBuilt, StoreUnavailable
+from millrace.features.feast_repo import feature_store, repo_dir
+from millrace.features.spec import Features
 
 BATCH = 5_000
 TS = pa.timestamp("us", tz="UTC")

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.errors import NothingBuilt
-from contracts import storage
+from millrace.features.errors import NothingBuilt
+from millrace.contracts import storage
 
 DATA, MANIFEST = "data.parquet", "_manifest.json"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from contracts.project import Project
-from features.errors import StoreUnavailable, UnknownFeature
-from features.feast_repo import feature_store
-from features.spec import Features
+from millrace.contracts.project import Project
+from millrace.features.errors import StoreUnavailable, UnknownFeature
+from millrace.features.feast_repo import feature_store
+from millrace.features.spec import Features
 
 
 class OnlineReader:

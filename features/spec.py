@@ -14,10 +14,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.arrow import arrow_type
-from contracts.loader import read_yaml
-from contracts.project import Project
-from features.errors import FeatureSpecError
+from millrace.contracts.arrow import arrow_type
+from millrace.contracts.loader import read_yaml
+from millrace.contracts.project import Project
+from millrace.features.errors import FeatureSpecError
 
 NUMERIC_ONLY = ("sum", "mean")
 _DURATION = re.compile(r"^(\d+)d$")
@@ -96,7 +96,7 @@ class Features:
         return self.spec.feature_views
 
     def view(self, name: str) -> FeatureView:
-        from features.errors import UnknownFeature
+        from millrace.features.errors import UnknownFeature
 
         if name not in self.views:
             raise UnknownFeature(f"unknown feature view '{name}' (fix: use one of {sorted(self.views)})")

@@ -41,10 +41,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts.project import Project
-from features.errors import FeatureError, UnknownFeature
-from features.offline import read_view
-from features.spec import Features, duration
+from millrace.contracts.project import Project
+from millrace.features.errors import FeatureError, UnknownFeature
+from millrace.features.offline import read_view
+from millrace.features.spec import Features, duration
 
 EVENT, CREATED = "event_timestamp", "created_timestamp"
 ENGINES = ("duckdb", "numpy")

@@ -61,17 +61,17 @@ def _fail(message: str, code: int = 2):
 
 
 def _project():
-    from contracts.project import load_project
+    from millrace.contracts.project import load_project
 
     return load_project(_state["project"])
 
 
 def _handled(fn):
     """Run a command body, turning known errors into one line and an exit code."""
-    from contracts.errors import ContractError
-    from features.errors import FeatureError
-    from pipelines.errors import PipelineError, RunFailed
-    from training.errors import ModelSpecError, TrainingError, UnknownModel
+    from millrace.contracts.errors import ContractError
+    from millrace.features.errors import FeatureError
+    from millrace.pipelines.errors import PipelineError, RunFailed
+    from millrace.training.errors import ModelSpecError, TrainingError, UnknownModel
 
     try:
         return fn()
@@ -88,8 +88,8 @@ def _handled(fn):
 @contracts_app.command("lint")
 def contracts_lint(paths: list[Path] = typer.Argument(..., help="Contract files to check.")):
     """Check ODCS contract files: schema, types, keys, rules, partitioning."""
-    from contracts.errors import ContractError
-    from contracts.loader import load_contract
+    from millrace.contracts.errors import ContractError
+    from millrace.contracts.loader import load_contract
 
     failed = 0
     for path in paths:
@@ -106,8 +106,8 @@ def contracts_lint(paths: list[Path] = typer.Argument(..., help="Contract files 
 def contracts_diff(old: Path = typer.Argument(..., help="The contract as it was."),
                    new: Path = typer.Argument(..., help="The contract as proposed.")):
     """Classify each change as breaking or compatible; exit 1 on a breaking change without a major bump."""
-    from contracts.diff import diff_contracts
-    from contracts.loader import load_contract
+    from millrace.contracts.diff import diff_contracts
+    from millrace.contracts.loader import load_contract
 
     def run():
         report = diff_contracts(load_contract(old), load_contract(new))
@@ -128,7 +128,7 @@ def example_land(force: bool = typer.Option(False, help="Land again even if file
                  seed: int = typer.Option(7, help="Seed for where bad records are planted.")):
     """Write the MovieLens data into the landing zone as a producer would (with ~0.5% bad records)."""
     def run():
-        from pipelines.example import land
+        from millrace.pipelines.example import land
 
         project = _project()
         for source, landed in land(project, seed=seed, force=force).items():
@@ -144,8 +144,8 @@ def example_land(force: bool = typer.Option(False, help="Land again even if file
 # -- ingest -----------------------------------------------------------------------------------
 
 def _range(date: Optional[str], start: Optional[str], end: Optional[str]):
-    from pipelines.errors import NothingToIngest
-    from pipelines.landing import parse_date
+    from millrace.pipelines.errors import NothingToIngest
+    from millrace.pipelines.landing import parse_date
 
     if date and (start or end):
         raise NothingToIngest("use either --date or --from/--to, not both")
@@ -170,7 +170,7 @@ def ingest_command(
     --direct_num_workers=2.
     """
     def run():
-        from pipelines.summary import run_ingest_with_summary
+        from millrace.pipelines.summary import run_ingest_with_summary
 
         project = _project()
         lo, hi = _range(date, start, end)
@@ -186,7 +186,7 @@ def nightly_command(ctx: typer.Context,
                                                          "(default: only when triggered: first run or new data).")):
     """The scheduled job: land the example if needed, ingest and validate, build features, train."""
     def run():
-        from pipelines.nightly import nightly
+        from millrace.pipelines.nightly import nightly
 
         nightly(_console(), _project(), list(ctx.args), expectations, bundled=_is_bundled(), train=train)
 
@@ -203,7 +203,7 @@ def _is_bundled() -> bool:
 def lake_ls(source: str = typer.Option(..., "--source", "-s", help="Source name.")):
     """List committed partitions with their row and quarantine counts."""
     def run():
-        from pipelines import lake
+        from millrace.pipelines import lake
 
         project = _project()
         contract = project.contract(source)
@@ -225,7 +225,7 @@ def lake_quarantine(source: str = typer.Option(..., "--source", "-s", help="Sour
     def run():
         import pyarrow.compute as pc
 
-        from pipelines import lake
+        from millrace.pipelines import lake
 
         project = _project()
         contract = project.contract(source)
@@ -250,9 +250,9 @@ def features_build(ctx: typer.Context,
                    view: Optional[list[str]] = typer.Option(None, "--view", help="Only these views (repeatable).")):
     """Compute feature views from the committed lake into the offline store (Beam), then apply Feast."""
     def run():
-        from features.feast_repo import apply
-        from features.spec import load_features
-        from pipelines.features_build import build
+        from millrace.features.feast_repo import apply
+        from millrace.features.spec import load_features
+        from millrace.pipelines.features_build import build
 
         project = _project()
         features = load_features(project)
@@ -284,9 +284,9 @@ def features_materialize(
     def run():
         import datetime as dt
 
-        from features.materialize import materialize
-        from features.spec import load_features
-        from pipelines.landing import parse_date
+        from millrace.features.materialize import materialize
+        from millrace.features.spec import load_features
+        from millrace.pipelines.landing import parse_date
 
         project = _project()
         until = None
@@ -313,9 +313,9 @@ def features_training_set(
     def run():
         import pyarrow.parquet as pq
 
-        from features.errors import FeatureError
-        from features.spec import load_features
-        from features.training_set import training_set
+        from millrace.features.errors import FeatureError
+        from millrace.features.spec import load_features
+        from millrace.features.training_set import training_set
 
         project = _project()
         if not spine.exists():
@@ -332,8 +332,8 @@ def features_get(view: str = typer.Argument(..., help="Feature view."),
                  keys: list[str] = typer.Argument(..., help="Entity keys.")):
     """Read features of some entities from the online store."""
     def run():
-        from features.online import OnlineReader
-        from features.spec import load_features
+        from millrace.features.online import OnlineReader
+        from millrace.features.spec import load_features
 
         project = _project()
         features = load_features(project)
@@ -347,7 +347,7 @@ def features_get(view: str = typer.Argument(..., help="Feature view."),
     _handled(run)
 
 
-from pipelines import cli_models  # noqa: E402,F401  (registers `train` and `models`)
+from millrace.pipelines import cli_models  # noqa: E402,F401  (registers `train` and `models`)
 
 
 def main():
@@ -358,7 +358,7 @@ def main():
         sys.exit(130)
 
 
-if __name__ == "__main__":  # python -m pipelines.cli: run the package module, where cli_models registered
-    from pipelines.cli import main as package_main
+if __name__ == "__main__":  # python -m millrace.pipelines.cli: run the package module, where cli_models registered
+    from millrace.pipelines.cli import main as package_main
 
     package_main()

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from pipelines.cli import _console, _fail, _handled, _project, app, models_app
+from millrace.pipelines.cli import _console, _fail, _handled, _project, app, models_app
 
 
 @app.command("train")
@@ -13,7 +13,7 @@ def train_command(model: Optional[list[str]] = typer.Option(None, "--model", "-m
                                                             help="Model from models.yaml (repeatable; default: all).")):
     """Train, export to ONNX, quantize to INT8, log to MLflow, register; promote if the gates pass."""
     def run():
-        from pipelines.train import train_with_summary
+        from millrace.pipelines.train import train_with_summary
 
         train_with_summary(_console(), _project(), list(model) if model else None)
 
@@ -21,9 +21,9 @@ def train_command(model: Optional[list[str]] = typer.Option(None, "--model", "-m
 
 
 def _client_and_name(model: str):
-    from features.spec import load_features
-    from training import registry
-    from training.spec import load_models
+    from millrace.features.spec import load_features
+    from millrace.training import registry
+    from millrace.training.spec import load_models
 
     project = _project()
     load_models(project, load_features(project)).get(model)
@@ -34,10 +34,10 @@ def _client_and_name(model: str):
 def models_list():
     """Each model of models.yaml: versions, champion, challenger and the champion's primary metric."""
     def run():
-        from features.spec import load_features
-        from training import registry
-        from training.errors import UnknownModel
-        from training.spec import load_models
+        from millrace.features.spec import load_features
+        from millrace.training import registry
+        from millrace.training.errors import UnknownModel
+        from millrace.training.spec import load_models
 
         project = _project()
         models = load_models(project, load_features(project))
@@ -68,7 +68,7 @@ def models_show(model: str = typer.Argument(..., help="Model name from models.ya
                 at: Optional[str] = typer.Option(None, help="Which version was champion at this date/time (UTC)?")):
     """A version's metrics, gates, lineage and files, and the model's alias history."""
     def run():
-        from training import registry
+        from millrace.training import registry
 
         project, client, reg = _client_and_name(model)
         if at:
@@ -106,7 +106,7 @@ def models_promote(model: str = typer.Argument(..., help="Model name."),
                    force: bool = typer.Option(False, help="Promote even a version whose gates failed.")):
     """Move `champion` to a version by hand (its gates must have passed unless --force)."""
     def run():
-        from training import registry
+        from millrace.training import registry
 
         _, client, reg = _client_and_name(model)
         mv = registry.get_version(client, reg, version)
@@ -126,7 +126,7 @@ def models_rollback(model: str = typer.Argument(..., help="Model name."),
                     reason: str = typer.Option(..., "--reason", help="Why (kept in the alias history).")):
     """Point `champion` back at an earlier version."""
     def run():
-        from training import registry
+        from millrace.training import registry
 
         _, client, reg = _client_and_name(model)
         current = registry.alias_target(client, reg, registry.CHAMPION)
@@ -152,7 +152,7 @@ def models_ui(port: int = typer.Option(5000, help="Port of the MLflow UI."),
         import os
         import sys
 
-        from training.registry import tracking_uri
+        from millrace.training.registry import tracking_uri
 
         uri = tracking_uri(_project())
         typer.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
@@ -165,7 +165,7 @@ def models_ui(port: int = typer.Option(5000, help="Port of the MLflow UI."),
 def _when(text: str):
     import datetime as dt
 
-    from pipelines.errors import PipelineError
+    from millrace.pipelines.errors import PipelineError
 
     try:
         value = dt.datetime.fromisoformat(text)

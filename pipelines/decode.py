@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts.arrow import TIMESTAMP, arrow_schema, coerce
-from contracts.model import Contract
-from pipelines.faults import checkpoint
-from pipelines.readers import read_records, strip_terminator
-from validation import quarantine as Q
-from validation import reasons as R
-from validation.rules import Verdicts, apply_field_rules, flag_future_event_times
+from millrace.contracts.arrow import TIMESTAMP, arrow_schema, coerce
+from millrace.contracts.model import Contract
+from millrace.pipelines.faults import checkpoint
+from millrace.pipelines.readers import read_records, strip_terminator
+from millrace.validation import quarantine as Q
+from millrace.validation import reasons as R
+from millrace.validation.rules import Verdicts, apply_field_rules, flag_future_event_times
 
 PROVENANCE = ("_file", "_line")  # kept on good rows until duplicates are resolved
 
@@ -113,7 +113,7 @@ class _DecodeFn(beam.DoFn):
         self.contract, self.source, self.now_us, self.run_id = contract, source, now_us, run_id
 
     def process(self, element):
-        from pipelines.lake import read_bytes
+        from millrace.pipelines.lake import read_bytes
 
         partition, files = element
         decoded = []

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contracts.project import Project
-from pipelines import lake
-from validation import reasons as R
+from millrace.contracts.project import Project
+from millrace.pipelines import lake
+from millrace.validation import reasons as R
 
 RATING_PLAN = {  # kind -> how many; 500 of 100,004 = 0.5%
     "wrong_type": 80, "out_of_range": 60, "off_grid": 40, "missing_key": 80, "duplicate_key": 80,

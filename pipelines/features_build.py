@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from contracts.project import Project
-from features import offline
-from features.compute import compute_view
-from features.spec import Features
-from pipelines import lake
+from millrace.contracts.project import Project
+from millrace.features import offline
+from millrace.features.compute import compute_view
+from millrace.features.spec import Features
+from millrace.pipelines import lake
 
 
 def source_rows(project: Project, source: str, until: dt.date | None = None) -> tuple[pa.Table, list[dict]]:
@@ -58,8 +58,8 @@ class _BuildFn(beam.DoFn):
         self.project_root, self.first, self.last, self.run_id = project_root, first, last, run_id
 
     def process(self, view_name: str):
-        from contracts.project import load_project
-        from features.spec import load_features
+        from millrace.contracts.project import load_project
+        from millrace.features.spec import load_features
 
         project = load_project(self.project_root)
         yield build_view(project, load_features(project), view_name, self.first, self.last, self.run_id)
@@ -108,7 +108,7 @@ class BuildFeatureView(beam.PTransform):
 
 def build(project: Project, features: Features, first: dt.date | None = None, last: dt.date | None = None,
           views: list[str] | None = None, beam_args: list[str] | None = None) -> list[dict]:
-    from pipelines.ingest import local_runner, new_run_id
+    from millrace.pipelines.ingest import local_runner, new_run_id
 
     names = views or list(features.views)
     for n in names:

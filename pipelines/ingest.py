@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from contracts.project import Project
-from pipelines import lake, landing
-from pipelines.decode import DecodeUnderContract
-from pipelines.errors import NothingToIngest
-from pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions
+from millrace.contracts.project import Project
+from millrace.pipelines import lake, landing
+from millrace.pipelines.decode import DecodeUnderContract
+from millrace.pipelines.errors import NothingToIngest
+from millrace.pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions
 
 
 @dataclass

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from contracts.storage import (  # noqa: F401  (the lake's file operations, re-exported)
+from millrace.contracts.storage import (  # noqa: F401  (the lake's file operations, re-exported)
     exists, join, list_dir, read_bytes, remove_unlisted, write_atomically, write_bytes, write_parquet,
 )
-from contracts.storage import safe_dir as partition_dir  # noqa: F401
+from millrace.contracts.storage import safe_dir as partition_dir  # noqa: F401
 
 MANIFEST = "_manifest.json"
 

@@ -12,11 +12,11 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
-from contracts.model import Contract
-from pipelines import lake
-from pipelines.decode import LandingFile, partition_of_date
-from pipelines.errors import LandingMissing, NothingToIngest
-from pipelines.readers import format_of
+from millrace.contracts.model import Contract
+from millrace.pipelines import lake
+from millrace.pipelines.decode import LandingFile, partition_of_date
+from millrace.pipelines.errors import LandingMissing, NothingToIngest
+from millrace.pipelines.readers import format_of
 
 _DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -5,17 +5,17 @@ train the models of models.yaml when triggered: on the first run (no registered 
 when the features were rebuilt from new data, or when asked (``--train``)."""
 from __future__ import annotations
 
-from contracts.project import Project
-from pipelines.errors import RunFailed
+from millrace.contracts.project import Project
+from millrace.pipelines.errors import RunFailed
 
 
 def nightly(console, project: Project, beam_args: list[str], expectations: bool = True, bundled: bool = False,
             train: bool | None = None) -> list:
     """``train``: True always trains, False never, None when triggered."""
-    from pipelines.summary import run_ingest_with_summary
+    from millrace.pipelines.summary import run_ingest_with_summary
 
     if bundled:
-        from pipelines.example import already_landed, land
+        from millrace.pipelines.example import already_landed, land
 
         if not already_landed(project):
             console.print("landing the MovieLens example (first run)...")
@@ -42,11 +42,11 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
 
 
 def _models(console, project: Project, always: bool) -> None:
-    from features.spec import load_features
-    from pipelines.train import train_with_summary
-    from training import registry
-    from training.errors import TrainingError, UnknownModel
-    from training.spec import load_models
+    from millrace.features.spec import load_features
+    from millrace.pipelines.train import train_with_summary
+    from millrace.training import registry
+    from millrace.training.errors import TrainingError, UnknownModel
+    from millrace.training.spec import load_models
 
     names = load_models(project, load_features(project)).names
     if not always:
@@ -74,11 +74,11 @@ def _models(console, project: Project, always: bool) -> None:
 
 def _features(console, project: Project, beam_args: list[str], rebuild: bool) -> bool:
     """Rebuild (when asked or missing), apply Feast, materialize; True if views were rebuilt."""
-    from features import offline
-    from features.feast_repo import apply
-    from features.materialize import materialize
-    from features.spec import load_features
-    from pipelines.features_build import build
+    from millrace.features import offline
+    from millrace.features.feast_repo import apply
+    from millrace.features.materialize import materialize
+    from millrace.features.spec import load_features
+    from millrace.pipelines.features_build import build
 
     features = load_features(project)
     missing = [v for v in features.views if offline.read_manifest(project.offline, v) is None]

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from validation.reasons import BAD_ENCODING, MALFORMED_RECORD, MISSING_COLUMN
+from millrace.validation.reasons import BAD_ENCODING, MALFORMED_RECORD, MISSING_COLUMN
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 

@@ -1,14 +1,14 @@
 """Progress while a run works, and the one-screen summary at its end."""
 from __future__ import annotations
 
-from contracts.project import Project
-from pipelines.errors import RunFailed
+from millrace.contracts.project import Project
+from millrace.pipelines.errors import RunFailed
 
 
 def run_ingest_with_summary(console, project: Project, source: str, start, end, beam_args, expectations: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipelines.ingest import ingest
+    from millrace.pipelines.ingest import ingest
 
     with Progress(TextColumn(f"[bold]{source}[/] partitions"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:

@@ -9,12 +9,12 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from contracts.project import Project
-from features import offline
-from features.spec import Features
-from features.training_set import resolve_refs
-from pipelines import lake
-from training.spec import Models
+from millrace.contracts.project import Project
+from millrace.features import offline
+from millrace.features.spec import Features
+from millrace.features.training_set import resolve_refs
+from millrace.pipelines import lake
+from millrace.training.spec import Models
 
 
 def examples_and_lineage(project: Project, features: Features, models: Models, name: str):
@@ -71,9 +71,9 @@ def _uri(path: str) -> str:
 def train_with_summary(console, project: Project, names: list[str] | None = None, quantizer=None) -> list:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from features.spec import load_features
-    from training.run import train
-    from training.spec import load_models
+    from millrace.features.spec import load_features
+    from millrace.training.run import train
+    from millrace.training.spec import load_models
 
     features = load_features(project)
     models = load_models(project, features)

@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts.arrow import arrow_schema
-from contracts.model import Contract
-from pipelines import lake
-from pipelines.decode import PROVENANCE, Decoded
-from pipelines.faults import checkpoint
-from validation import quarantine as Q
-from validation import reasons as R
+from millrace.contracts.arrow import arrow_schema
+from millrace.contracts.model import Contract
+from millrace.pipelines import lake
+from millrace.pipelines.decode import PROVENANCE, Decoded
+from millrace.pipelines.faults import checkpoint
+from millrace.validation import quarantine as Q
+from millrace.validation import reasons as R
 
 COMMITTED, REJECTED = "committed", "rejected"
 
@@ -63,7 +63,7 @@ class _WriteFn(beam.DoFn):
 
     def setup(self):
         if self.validate:
-            from validation.expectations import SuiteRunner
+            from millrace.validation.expectations import SuiteRunner
 
             self._suite = SuiteRunner(self.contract)
 
@@ -183,7 +183,7 @@ def _superseded_records(contract: Contract, source: str, partition: str, rows: p
                         run_id: str) -> pa.Table:
     """Quarantine records for superseded duplicates, with their original bytes read back from
     their landing files (rare: only files that hold such rows are read again)."""
-    from pipelines.readers import payloads_at
+    from millrace.pipelines.readers import payloads_at
 
     out = []
     lines = rows.column("_line").to_numpy()

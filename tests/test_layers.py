@@ -14,7 +14,7 @@ def test_import_layers_hold():
 
 
 def test_cli_help_imports_no_heavy_library():
-    code = ("import sys, pipelines.cli; "
+    code = ("import sys, millrace.pipelines.cli; "
             "print(sorted(m for m in ('apache_beam', 'great_expectations', 'pyarrow', 'torch', 'mlflow', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -20,8 +20,8 @@ import re
 import numpy as np
 import onnx
 
-from contracts.storage import safe_name
-from training.export import signature
+from millrace.contracts.storage import safe_name
+from millrace.training.export import signature
 
 MANIFEST = "manifest.json"
 _PART = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -79,7 +79,7 @@ def _save_flavor(directory: str, part: str, model: onnx.ModelProto, spec) -> Non
     import mlflow.onnx
     from mlflow.models import infer_signature
 
-    from training.export import run, session
+    from millrace.training.export import run, session
 
     sample = spec.sample.take(np.arange(min(spec.sample.rows, 5)))
     output = run(session(model), sample)

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.errors import EmptyTrainingSet, TrainingError
-from training.spec import Label, ModelSpec
+from millrace.training.errors import EmptyTrainingSet, TrainingError
+from millrace.training.spec import Label, ModelSpec
 
 _OPS = {">=": pc.greater_equal, ">": pc.greater, "<=": pc.less_equal, "<": pc.less, "==": pc.equal}
 

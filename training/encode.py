@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.errors import TrainingError
+from millrace.training.errors import TrainingError
 
 MISSING, UNSEEN, FIRST = 0, 1, 2
 PAD_INT = -(2**63)  # pads integer lists (and marks a missing integer); never a vocabulary entry

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from training.encode import FIRST, MISSING, PAD_INT, UNSEEN, Encoded, InputSpec
-from training.errors import ExportMismatch
+from millrace.training.encode import FIRST, MISSING, PAD_INT, UNSEEN, Encoded, InputSpec
+from millrace.training.errors import ExportMismatch
 
 OPSET, ML_OPSET = 17, 2
 PARITY_TOLERANCE = 1e-4
@@ -26,7 +26,7 @@ def export(module, specs: list[InputSpec], sample: Encoded, output: str, doc: st
     inputs named as ``specs``."""
     import torch
 
-    from training.nets import tensors
+    from millrace.training.nets import tensors
 
     module = module.cpu().eval()
     names = [s.name if s.kind == "numeric" else f"{s.name}__index" for s in specs]
@@ -108,7 +108,7 @@ def run(sess, encoded: Encoded, batch: int = 8192) -> np.ndarray:
 def torch_outputs(module, encoded: Encoded, batch: int = 8192) -> np.ndarray:
     import torch
 
-    from training.nets import tensors
+    from millrace.training.nets import tensors
 
     module = module.cpu().eval()
     out = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.encode import Encoded, InputSpec
+from millrace.training.encode import Encoded, InputSpec
 
 Runner = Callable[[str, Encoded], np.ndarray]  # (part name, inputs) -> outputs
 

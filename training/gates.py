@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from training.spec import HIGHER_IS_BETTER, ModelSpec
+from millrace.training.spec import HIGHER_IS_BETTER, ModelSpec
 
 
 def better_by(metric: str, new: float, old: float) -> float:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from training.errors import DivergedTraining
-from training.spec import Hyperparameters
+from millrace.training.errors import DivergedTraining
+from millrace.training.spec import Hyperparameters
 
 Progress = Callable[[int, int, float], None]  # (epoch, epochs, mean loss)
 

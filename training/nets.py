@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.encode import InputSpec
+from millrace.training.encode import InputSpec
 
 
 class FeatureMLP(nn.Module):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import onnx
 
-from training.encode import Encoded
+from millrace.training.encode import Encoded
 
 # MatMul/Gemm carry the compute; embedding Gathers stay FP32 (they are lookups, not arithmetic,
 # and quantizing them costs accuracy for no speed).

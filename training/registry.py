@@ -14,8 +14,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from contracts.project import Project
-from training.errors import RegistryUnavailable, UnknownModel
+from millrace.contracts.project import Project
+from millrace.training.errors import RegistryUnavailable, UnknownModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 LOG_PREFIX = "millrace.alias_log."

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from contracts.project import Project
-from features.spec import Features
-from training import artifacts, export, gates, registry
-from training.data import split as split_examples
-from training.errors import QuantizationRefused, TrainingError
-from training.spec import Models, ModelSpec
+from millrace.contracts.project import Project
+from millrace.features.spec import Features
+from millrace.training import artifacts, export, gates, registry
+from millrace.training.data import split as split_examples
+from millrace.training.errors import QuantizationRefused, TrainingError
+from millrace.training.spec import Models, ModelSpec
 
 LATENCY_BATCH, LATENCY_THREADS = 256, 2
 
@@ -44,7 +44,7 @@ def train(project: Project, features: Features, models: Models, name: str, examp
     """Train model ``name`` on ``examples`` (rows of its examples source; ``time`` is the event time)."""
     import mlflow
 
-    from training import quantize
+    from millrace.training import quantize
 
     spec = models.get(name)
     quantizer = quantizer or quantize.quantize
@@ -115,9 +115,9 @@ def train(project: Project, features: Features, models: Models, name: str, examp
 
 def _family(spec: ModelSpec):
     if spec.family == "two_tower":
-        from training import two_tower
+        from millrace.training import two_tower
         return two_tower
-    from training import tabular
+    from millrace.training import tabular
     return tabular
 
 
@@ -135,7 +135,7 @@ def _latency(fitted, fp32: dict, int8: dict, rounds: int = 3) -> dict:
     load swing on a shared machine does not land on one variant only (bench/training.py does more)."""
     import numpy as np
 
-    from training.quantize import latency
+    from millrace.training.quantize import latency
 
     out = {}
     for p, part in fitted.parts.items():
@@ -222,7 +222,7 @@ def _champion(client, reg_name: str, spec: ModelSpec, fitted) -> dict | None:
     logged metric when its inputs no longer match the current features."""
     from mlflow.exceptions import MlflowException
 
-    from training.errors import UnknownModel
+    from millrace.training.errors import UnknownModel
 
     try:
         version = registry.alias_target(client, reg_name, registry.CHAMPION)

@@ -11,13 +11,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.arrow import arrow_type
-from contracts.loader import read_yaml
-from contracts.project import Project
-from features.errors import UnknownFeature
-from features.spec import Features
-from features.training_set import resolve_refs
-from training.errors import ModelSpecError, UnknownModel
+from millrace.contracts.arrow import arrow_type
+from millrace.contracts.loader import read_yaml
+from millrace.contracts.project import Project
+from millrace.features.errors import UnknownFeature
+from millrace.features.spec import Features
+from millrace.features.training_set import resolve_refs
+from millrace.training.errors import ModelSpecError, UnknownModel
 
 # Metrics each family reports; the direction says which way is better.
 HIGHER_IS_BETTER = {"recall_at_10": True, "ndcg_at_10": True, "auc": True, "accuracy": True,

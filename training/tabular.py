@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from contracts.project import Project
-from features.spec import Features
-from features.training_set import resolve_refs, training_set
-from training import loop, metrics
-from training.data import Split
-from training.encode import encode, fit_inputs
-from training.families import Fitted, Part, Runner, columns_of, spread
-from training.spec import ModelSpec
+from millrace.contracts.project import Project
+from millrace.features.spec import Features
+from millrace.features.training_set import resolve_refs, training_set
+from millrace.training import loop, metrics
+from millrace.training.data import Split
+from millrace.training.encode import encode, fit_inputs
+from millrace.training.families import Fitted, Part, Runner, columns_of, spread
+from millrace.training.spec import ModelSpec
 
 
 def fit(project: Project, features: Features, spec: ModelSpec, split: Split, time: str, name: str,
         progress: loop.Progress | None = None) -> Fitted:
     import torch
 
-    from training.nets import FeatureMLP, device, tensors
+    from millrace.training.nets import FeatureMLP, device, tensors
 
     hp = spec.hyperparameters
     classify = spec.task == "classification"

@@ -21,16 +21,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts.project import Project
-from features.offline import read_view
-from features.spec import Features
-from features.training_set import resolve_refs, training_set
-from training import loop, metrics
-from training.data import Split
-from training.encode import UNSEEN, encode, fit_inputs, key_input
-from training.errors import EmptyTrainingSet
-from training.families import Fitted, Part, Runner, columns_of, spread
-from training.spec import ModelSpec
+from millrace.contracts.project import Project
+from millrace.features.offline import read_view
+from millrace.features.spec import Features
+from millrace.features.training_set import resolve_refs, training_set
+from millrace.training import loop, metrics
+from millrace.training.data import Split
+from millrace.training.encode import UNSEEN, encode, fit_inputs, key_input
+from millrace.training.errors import EmptyTrainingSet
+from millrace.training.families import Fitted, Part, Runner, columns_of, spread
+from millrace.training.spec import ModelSpec
 
 K = 10
 
@@ -39,7 +39,7 @@ def fit(project: Project, features: Features, spec: ModelSpec, split: Split, tim
         progress: loop.Progress | None = None) -> Fitted:
     import torch
 
-    from training.nets import FeatureMLP, device, tensors
+    from millrace.training.nets import FeatureMLP, device, tensors
 
     hp, user, item = spec.hyperparameters, spec.user, spec.item
     user_refs = resolve_refs(features, user.features) if user.features else {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from contracts.model import Contract, TableCheck
+from millrace.contracts.model import Contract, TableCheck
 
 _FAILURE_SEVERITY = {True: "critical", False: "warning"}
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contracts.model import Contract, Field
-from validation import reasons as R
+from millrace.contracts.model import Contract, Field
+from millrace.validation import reasons as R
 
 
 class Verdicts:

@@ -1,7 +1,7 @@
 import pytest
 
-from contracts.diff import diff_contracts
-from contracts.loader import load_contract
+from millrace.contracts.diff import diff_contracts
+from millrace.contracts.loader import load_contract
 from tests.conftest import GOLDEN
 
 BASE = GOLDEN / "contracts" / "ratings-1.0.0.yaml"

@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pytest
 
-from contracts.arrow import TIMESTAMP, arrow_schema
-from contracts.errors import ContractError
-from contracts.loader import load_contract
+from millrace.contracts.arrow import TIMESTAMP, arrow_schema
+from millrace.contracts.errors import ContractError
+from millrace.contracts.loader import load_contract
 from tests.conftest import EXAMPLE
 
 RATINGS = (EXAMPLE / "contracts" / "ratings.yaml").read_text()

@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from contracts.loader import read_yaml
-from features.compute import compute_view
-from features.spec import Aggregation, Enrich, FeatureView, Transform, duration
+from millrace.contracts.loader import read_yaml
+from millrace.features.compute import compute_view
+from millrace.features.spec import Aggregation, Enrich, FeatureView, Transform, duration
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)

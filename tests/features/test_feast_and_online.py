@@ -21,13 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contracts.project import Project, load_project
-from features import feast_repo, offline
-from features.materialize import materialize
-from features.online import OnlineReader
-from features.spec import Features, load_features
-from pipelines.features_build import build
-from pipelines.ingest import ingest
+from millrace.contracts.project import Project, load_project
+from millrace.features import feast_repo, offline
+from millrace.features.materialize import materialize
+from millrace.features.online import OnlineReader
+from millrace.features.spec import Features, load_features
+from millrace.pipelines.features_build import build
+from millrace.pipelines.ingest import ingest
 from tests.conftest import EXAMPLE
 
 UTC = dt.timezone.utc
@@ -196,7 +196,7 @@ def by_view(reports: list[dict], field: str = "written") -> dict[str, int]:
 def cli(args: list[str], e_root: Path, state: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     full.update(MILLRACE_STATE_DIR=str(state), COLUMNS="200", **env)
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "--project", str(e_root), *args],
+    return subprocess.run([sys.executable, "-m", "millrace.pipelines.cli", "--project", str(e_root), *args],
                           capture_output=True, text=True, env=full, timeout=timeout)
 
 

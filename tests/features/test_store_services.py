@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from features import feast_repo
-from features.materialize import materialize
-from features.online import OnlineReader
+from millrace.features import feast_repo
+from millrace.features.materialize import materialize
+from millrace.features.online import OnlineReader
 from tests.conftest import in_ci
 from tests.features.test_feast_and_online import (VIEWS, all_keys, by_view, clone_state, copy_project,
                                                   expected_values, feast_online, make_state, online, open_state)

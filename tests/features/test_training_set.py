@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.project import load_project
-from features import offline
-from features.errors import FeatureError, NothingBuilt, UnknownFeature
-from features.spec import load_features
-from features.training_set import (KeyTypeMismatch, SpineError, feast_training_set, point_in_time_join,
+from millrace.contracts.project import load_project
+from millrace.features import offline
+from millrace.features.errors import FeatureError, NothingBuilt, UnknownFeature
+from millrace.features.spec import load_features
+from millrace.features.training_set import (KeyTypeMismatch, SpineError, feast_training_set, point_in_time_join,
                                    training_set)
 
 UTC = dt.timezone.utc
@@ -216,7 +216,7 @@ def _plain(value):
 
 
 def test_equals_feast_historical_features(small_project):
-    from features import feast_repo
+    from millrace.features import feast_repo
 
     project, features = small_project
     refs = ["user_activity", "movie_popularity:rating_mean_all", "movie_popularity:popularity_30d",

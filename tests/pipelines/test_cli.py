@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from contracts.project import load_project
-from pipelines import lake
+from millrace.contracts.project import load_project
+from millrace.pipelines import lake
 from tests.conftest import EXAMPLE
 
-MILLRACE = [sys.executable, "-m", "pipelines.cli"]
+MILLRACE = [sys.executable, "-m", "millrace.pipelines.cli"]
 
 
 def run(args, env_state: Path, project: Path | None = None, check: bool = True, timeout: int = 600):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.loader import load_contract
-from pipelines.decode import LandingFile, decode_file
+from millrace.contracts.loader import load_contract
+from millrace.pipelines.decode import LandingFile, decode_file
 from tests.conftest import EXAMPLE
 
 RATINGS = load_contract(EXAMPLE / "contracts" / "ratings.yaml")
@@ -118,8 +118,8 @@ def test_parquet_landing_file():
 @pytest.mark.parametrize("text,ok", [("2009-12-14T02:52:24Z", True), ("2009-12-14 02:52:24+01:00", True),
                                      ("2009-12-14", True), ("2009-13-40T00:00:00", False), ("yesterday", False)])
 def test_iso_timestamps(text, ok):
-    from contracts.arrow import coerce
-    from contracts.model import Field
+    from millrace.contracts.arrow import coerce
+    from millrace.contracts.model import Field
 
     values, failed = coerce(Field("t", "timestamp", "iso8601"), pa.array([text]))
     assert failed[0].as_py() is (not ok)

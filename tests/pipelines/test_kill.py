@@ -27,9 +27,9 @@ from unittest import mock
 
 import pytest
 
-from contracts.project import load_project
-from pipelines import lake
-from pipelines.faults import POINTS
+from millrace.contracts.project import load_project
+from millrace.pipelines import lake
+from millrace.pipelines.faults import POINTS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
 SOURCE, KEY = "ratings", "month"
@@ -150,7 +150,7 @@ def ingest(project: Path, state: Path, *args: str, kill_at: str | None = None) -
     env["MILLRACE_STATE_DIR"] = str(state)
     if kill_at:
         env["MILLRACE_KILL_AT"] = kill_at
-    cmd = [sys.executable, "-m", "pipelines.cli", "--project", str(project), "ingest", "--source", SOURCE, *args]
+    cmd = [sys.executable, "-m", "millrace.pipelines.cli", "--project", str(project), "ingest", "--source", SOURCE, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=state.parent)
 
 

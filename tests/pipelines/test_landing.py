@@ -4,9 +4,9 @@ import datetime as dt
 
 import pytest
 
-from contracts.loader import load_contract
-from pipelines import landing
-from pipelines.errors import LandingMissing
+from millrace.contracts.loader import load_contract
+from millrace.pipelines import landing
+from millrace.pipelines.errors import LandingMissing
 from tests.conftest import EXAMPLE
 
 RATINGS = load_contract(EXAMPLE / "contracts" / "ratings.yaml")

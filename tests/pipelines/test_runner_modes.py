@@ -17,8 +17,8 @@ from unittest import mock
 
 import pytest
 
-from contracts.project import load_project
-from pipelines import lake
+from millrace.contracts.project import load_project
+from millrace.pipelines import lake
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
 SOURCE, KEY = "ratings", "month"
@@ -57,7 +57,7 @@ def build_landing(root: Path) -> dict:
 def ingest(project: Path, state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
     env["MILLRACE_STATE_DIR"] = str(state)
-    cmd = [sys.executable, "-m", "pipelines.cli", "--project", str(project), "ingest", "--source", SOURCE, *args]
+    cmd = [sys.executable, "-m", "millrace.pipelines.cli", "--project", str(project), "ingest", "--source", SOURCE, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=state.parent)
     assert proc.returncode == 0, f"ingest {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc

@@ -9,10 +9,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from contracts.loader import load_contract
-from pipelines import lake
-from pipelines.decode import DecodeUnderContract, LandingFile, decode_file
-from pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions, resolve_duplicates, write_partition
+from millrace.contracts.loader import load_contract
+from millrace.pipelines import lake
+from millrace.pipelines.decode import DecodeUnderContract, LandingFile, decode_file
+from millrace.pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions, resolve_duplicates, write_partition
 from tests.conftest import EXAMPLE
 
 RATINGS = load_contract(EXAMPLE / "contracts" / "ratings.yaml")
@@ -80,7 +80,7 @@ def test_threshold_rejects_partition_and_keeps_previous_commit(tmp_path):
 
 
 def test_blocking_expectation_stops_commit_and_warning_does_not(tmp_path):
-    from validation.expectations import SuiteRunner
+    from millrace.validation.expectations import SuiteRunner
 
     text = (EXAMPLE / "contracts" / "ratings.yaml").read_text().replace("mustBeGreaterThan: 0", "mustBeGreaterThan: 5")
     strict_path = tmp_path / "strict.yaml"

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from contracts.project import load_project
-from features import offline
-from features.compute import compute_view
-from features.spec import load_features
+from millrace.contracts.project import load_project
+from millrace.features import offline
+from millrace.features.compute import compute_view
+from millrace.features.spec import load_features
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 START = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
@@ -92,7 +92,7 @@ def build_offline(project, features, ratings: pa.Table, movies: pa.Table) -> Non
 
 
 def _schema(table: pa.Table, contract) -> pa.Schema:
-    from contracts.arrow import arrow_type
+    from millrace.contracts.arrow import arrow_type
 
     types = {f.name: arrow_type(f) for f in contract.fields}
     return pa.schema([pa.field(n, types.get(n, table.schema.field(n).type)) for n in table.column_names])
@@ -105,7 +105,7 @@ class Tiny:
         self.features = load_features(self.project)
 
     def models(self, edit=None):
-        from training.spec import load_models
+        from millrace.training.spec import load_models
 
         data = yaml.safe_load((self.root / "models.yaml").read_text())
         if edit:
@@ -114,7 +114,7 @@ class Tiny:
         return load_models(self.project, self.features)
 
     def train(self, name: str, examples: pa.Table | None = None, **kwargs):
-        from training.run import train
+        from millrace.training.run import train
 
         lineage = {"examples": {"source": "ratings", "uri": "file:///tiny/ratings", "rows": self.ratings.num_rows,
                                 "digest": "tiny", "contract": {"id": "ratings", "version": "1.0.0"}},

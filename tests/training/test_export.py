@@ -5,10 +5,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from training import export, quantize
-from training.encode import MISSING, UNSEEN, encode, fit_inputs, key_input
-from training.errors import ExportMismatch
-from training.nets import FeatureMLP
+from millrace.training import export, quantize
+from millrace.training.encode import MISSING, UNSEEN, encode, fit_inputs, key_input
+from millrace.training.errors import ExportMismatch
+from millrace.training.nets import FeatureMLP
 
 
 def _table(n=400, seed=0):

@@ -39,7 +39,7 @@ def mlflow_database(monkeypatch):
 
 @pytest.mark.postgres
 def test_registry_flow_on_postgres(tiny, mlflow_database):
-    from training import registry
+    from millrace.training import registry
 
     assert registry.tracking_uri(tiny.project) == mlflow_database
     registry_flow(tiny)
@@ -48,8 +48,8 @@ def test_registry_flow_on_postgres(tiny, mlflow_database):
 
 
 def test_unreachable_store_is_one_clear_error(tiny, monkeypatch):
-    from training import registry
-    from training.errors import RegistryUnavailable
+    from millrace.training import registry
+    from millrace.training.errors import RegistryUnavailable
 
     monkeypatch.setenv("MILLRACE_MLFLOW_URI", "postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
     with pytest.raises(RegistryUnavailable, match="cannot reach the MLflow store") as exc:

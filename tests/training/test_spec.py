@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from features.spec import load_features
-from contracts.project import load_project
-from training.errors import ModelSpecError, UnknownModel
-from training.spec import load_models
+from millrace.features.spec import load_features
+from millrace.contracts.project import load_project
+from millrace.training.errors import ModelSpecError, UnknownModel
+from millrace.training.spec import load_models
 from tests.training.conftest import TINY_MODELS
 
 

@@ -10,8 +10,8 @@ import onnx
 import pyarrow as pa
 import pytest
 
-from training import artifacts, registry
-from training.errors import DivergedTraining, EmptyTrainingSet, QuantizationRefused, TrainingError
+from millrace.training import artifacts, registry
+from millrace.training.errors import DivergedTraining, EmptyTrainingSet, QuantizationRefused, TrainingError
 
 SEED_TOLERANCE = 1e-6  # same seed, same data, same machine: metrics agree to float rounding
 
@@ -21,7 +21,7 @@ def _client(tiny):
 
 
 def _versions(tiny, name):
-    from training.errors import UnknownModel
+    from millrace.training.errors import UnknownModel
 
     try:
         return registry.versions(_client(tiny), registry.registered_name(tiny.project, name))
@@ -78,7 +78,7 @@ def test_same_seed_same_metrics(tiny):
 
 def _broken(model, method, calibration):
     """Quantize, then scramble every INT8 weight: a quantizer bug the gate must catch."""
-    from training.quantize import quantize
+    from millrace.training.quantize import quantize
 
     out = quantize(model, method, calibration)
     rng = np.random.default_rng(0)

@@ -1,10 +1,10 @@
 import pyarrow as pa
 import pytest
 
-from contracts.loader import load_contract
+from millrace.contracts.loader import load_contract
 from tests.conftest import EXAMPLE
-from validation import reasons as R
-from validation.rules import Verdicts, apply_field_rules, flag_future_event_times
+from millrace.validation import reasons as R
+from millrace.validation.rules import Verdicts, apply_field_rules, flag_future_event_times
 
 RATINGS = load_contract(EXAMPLE / "contracts" / "ratings.yaml")
 MOVIES = load_contract(EXAMPLE / "contracts" / "movies.yaml")
@@ -52,7 +52,7 @@ def test_pattern(genres, ok):
 
 
 def test_suite_is_generated_from_the_contract():
-    from validation.expectations import SuiteRunner
+    from millrace.validation.expectations import SuiteRunner
 
     suite = SuiteRunner(RATINGS).suite
     kinds = sorted(e.expectation_type for e in suite.expectations)
