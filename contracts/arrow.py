@@ -12,7 +12,14 @@ import pyarrow.compute as pc
 
 from millrace.contracts.model import Contract, Field
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+TIMESTAMP = pa.timestamp("us", tz="UTC")  # every event time in the lake, offline and online stores
+
+
+def is_stringish(t: pa.DataType) -> bool:
+    """Text in any Arrow spelling: string, large_string, string_view, or a dictionary of those."""
+    if pa.types.is_dictionary(t):
+        return is_stringish(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 _ARROW_TYPES = {
     "string": pa.string(),

@@ -17,6 +17,22 @@ from millrace.contracts.errors import ContractError
 from millrace.contracts.loader import load_contract, read_yaml
 from millrace.contracts.model import Contract
 
+# Every environment variable millrace reads, in one place (tests clear them all).
+ENV_VARS = (
+    "MILLRACE_PROJECT",            # default --project
+    "MILLRACE_STATE_DIR",          # storage.state_dir
+    "MILLRACE_LANDING_URI",        # storage.landing
+    "MILLRACE_LAKE_URI",           # storage.lake
+    "MILLRACE_QUARANTINE_URI",     # storage.quarantine
+    "MILLRACE_OFFLINE_URI",        # the offline store
+    "MILLRACE_ONLINE_STORE",       # feature_store.online_store
+    "MILLRACE_REGISTRY",           # feature_store.registry
+    "MILLRACE_MLFLOW_URI",         # mlflow.tracking_uri
+    "MILLRACE_MLFLOW_ARTIFACTS",   # mlflow.artifact_root
+    "MILLRACE_USER",               # who promoted or rolled back a model (default: the login name)
+    "MILLRACE_KILL_AT",            # tests only: the named crash point to die at (pipelines/faults.py)
+)
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

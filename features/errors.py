@@ -1,7 +1,9 @@
 """Errors of the feature platform. One base class; each says whether a retry can help."""
 
+from millrace.contracts.errors import MillraceError
 
-class FeatureError(Exception):
+
+class FeatureError(MillraceError):
     retryable = False
 
 

@@ -1,7 +1,9 @@
 """Errors raised by pipelines. One base class; each says whether a retry can help."""
 
+from millrace.contracts.errors import MillraceError
 
-class PipelineError(Exception):
+
+class PipelineError(MillraceError):
     retryable = False
 
 

@@ -24,8 +24,9 @@ def project_dir(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_state(monkeypatch, tmp_path):
     """No test may touch a developer's real state folder."""
-    for var in ("MILLRACE_STATE_DIR", "MILLRACE_LANDING_URI", "MILLRACE_LAKE_URI", "MILLRACE_QUARANTINE_URI",
-                "MILLRACE_PROJECT", "MILLRACE_KILL_AT"):
+    from millrace.contracts.project import ENV_VARS
+
+    for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MILLRACE_STATE_DIR", str(tmp_path / "state"))
 

@@ -1,7 +1,9 @@
 """Errors of the training package. One base class; each says whether a retry can help."""
 
+from millrace.contracts.errors import MillraceError
 
-class TrainingError(Exception):
+
+class TrainingError(MillraceError):
     retryable = False
 
 
