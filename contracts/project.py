@@ -30,7 +30,7 @@ ENV_VARS = (
     "MILLRACE_MLFLOW_URI",         # mlflow.tracking_uri
     "MILLRACE_MLFLOW_ARTIFACTS",   # mlflow.artifact_root
     "MILLRACE_USER",               # who promoted or rolled back a model (default: the login name)
-    "MILLRACE_KILL_AT",            # tests only: the named crash point to die at (pipelines/faults.py)
+    "MILLRACE_KILL_AT",            # tests only: the named crash point to die at (contracts/faults.py)
 )
 
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from millrace.contracts.arrow import TIMESTAMP, arrow_schema, coerce
 from millrace.contracts.model import Contract
-from millrace.pipelines.faults import checkpoint
+from millrace.contracts.faults import checkpoint
 from millrace.pipelines.readers import read_records, strip_terminator
 from millrace.validation import quarantine as Q
 from millrace.validation import reasons as R

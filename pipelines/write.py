@@ -15,7 +15,7 @@ from millrace.contracts.arrow import arrow_schema
 from millrace.contracts.model import Contract
 from millrace.pipelines import lake
 from millrace.pipelines.decode import PROVENANCE, Decoded
-from millrace.pipelines.faults import checkpoint
+from millrace.contracts.faults import checkpoint
 from millrace.validation import quarantine as Q
 from millrace.validation import reasons as R
 

@@ -29,7 +29,7 @@ import pytest
 
 from millrace.contracts.project import load_project
 from millrace.pipelines import lake
-from millrace.pipelines.faults import POINTS
+from millrace.contracts.faults import POINTS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
 SOURCE, KEY = "ratings", "month"

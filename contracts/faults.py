@@ -2,6 +2,8 @@
 
 ``MILLRACE_KILL_AT=<point>[:<n>]`` makes the process SIGKILL itself the n-th time (default 1st)
 it passes ``<point>``. Unset (always, outside tests), ``checkpoint`` is a dictionary lookup.
+It lives in the bottom layer so every stage (ingest, feature builds, materialization, training)
+can name its crash points; the kill tests of each package use them.
 """
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ POINTS = (
     "before_manifest",         # everything written but the manifest
     "after_manifest",          # manifest renamed (committed), old files not yet cleaned up
     "after_first_partition",   # one partition fully done, others not
+    # feature builds and materialization (features/)
+    "after_view_data",         # a view's new offline data written, not yet committed
+    "after_view_commit",       # a view committed, the build record not yet written
+    "mid_materialize",         # some entities written to the online store, the record not updated
+    # training (training/)
+    "after_run_start",         # an MLflow run is RUNNING, nothing registered
+    "after_register",          # a model version registered, no alias moved
+    "after_alias_move",        # champion moved, its alias log entry not yet written
 )
 _seen: dict[str, int] = {}
 
