@@ -10,22 +10,25 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = (
+INGEST_POINTS = (
     "after_decode",            # a landing file decoded, nothing written yet
     "after_data_files",        # a partition's Parquet data written, no quarantine, no manifest
     "after_quarantine",        # data and quarantine written, no results, no manifest
     "before_manifest",         # everything written but the manifest
     "after_manifest",          # manifest renamed (committed), old files not yet cleaned up
     "after_first_partition",   # one partition fully done, others not
-    # feature builds and materialization (features/)
+)
+FEATURE_POINTS = (             # feature builds and materialization (features/)
     "after_view_data",         # a view's new offline data written, not yet committed
     "after_view_commit",       # a view committed, the build record not yet written
     "mid_materialize",         # some entities written to the online store, the record not updated
-    # training (training/)
+)
+TRAINING_POINTS = (            # training (training/)
     "after_run_start",         # an MLflow run is RUNNING, nothing registered
     "after_register",          # a model version registered, no alias moved
     "after_alias_move",        # champion moved, its alias log entry not yet written
 )
+POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS
 _seen: dict[str, int] = {}
 
 

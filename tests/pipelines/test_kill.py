@@ -29,7 +29,7 @@ import pytest
 
 from millrace.contracts.project import load_project
 from millrace.pipelines import lake
-from millrace.contracts.faults import POINTS
+from millrace.contracts.faults import INGEST_POINTS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
 SOURCE, KEY = "ratings", "month"
@@ -294,7 +294,7 @@ FAST = ("--no-expectations",)
 
 
 def test_every_fault_point_is_covered():
-    assert {spec.split(":")[0] for spec, _, _ in KILLS} == set(POINTS)
+    assert {spec.split(":")[0] for spec, _, _ in KILLS} == set(INGEST_POINTS)
 
 
 @pytest.mark.parametrize("kill_at, committed_at_death, uncommitted_output", KILLS, ids=[k[0] for k in KILLS])
