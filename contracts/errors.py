@@ -30,6 +30,18 @@ class ContractError(MillraceError):
         super().__init__(message)
 
 
+class StorageError(MillraceError):
+    """A file operation on the lake, landing zone or a store failed (not "the folder is absent").
+
+    Retryable when the store could not be reached (``is_unreachable``); a permission problem or a
+    broken listing is not. The message names the path.
+    """
+
+    def __init__(self, path: str, problem: str, retryable: bool = False):
+        self.path, self.problem, self.retryable = str(path), problem, retryable
+        super().__init__(f"{self.path}: {problem}")
+
+
 def exit_code(exc: MillraceError) -> int:
     """The process exit code for an error: retryable ones get their own, so schedulers retry only them."""
     return EXIT_RETRYABLE if exc.retryable else exc.exit_code
