@@ -1,0 +1,41 @@
+"""``millrace contracts ...``: check and compare data contracts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Check and compare data contracts.")
+
+
+@app.command("lint")
+def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check.")):
+    """Check ODCS contract files: schema, types, keys, rules, partitioning."""
+    from millrace.contracts.errors import ContractError
+    from millrace.contracts.loader import load_contract
+
+    failed = 0
+    for path in paths:
+        try:
+            c = load_contract(path)
+            typer.echo(f"ok    {path}: {c.id} {c.version}, {len(c.fields)} fields, key {list(c.key_fields)}")
+        except ContractError as exc:
+            failed += 1
+            typer.echo(f"error {exc}", err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("diff")
+def diff(old: Path = typer.Argument(..., help="The contract as it was."),
+         new: Path = typer.Argument(..., help="The contract as proposed.")):
+    """Classify each change as breaking or compatible; exit 1 on a breaking change without a major bump."""
+    from millrace.contracts.diff import diff_contracts
+    from millrace.contracts.loader import load_contract
+
+    report = diff_contracts(load_contract(old), load_contract(new))
+    for change in report.changes:
+        typer.echo(f"{'BREAKING ' if change.breaking else 'compatible'} {change.where}: {change.what}")
+    if not report.changes:
+        typer.echo("no changes")
+    typer.echo(report.verdict)
+    raise typer.Exit(1 if report.fails else 0)

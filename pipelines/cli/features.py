@@ -1,0 +1,104 @@
+"""``millrace features ...``: feature views, Feast, materialization, training sets, online reads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from millrace.pipelines.cli import common
+
+app = typer.Typer(no_args_is_help=True, help="Feature views: build, Feast, materialize, training sets.")
+
+
+@app.command("build", context_settings=common.PASS_THROUGH)
+def build(ctx: typer.Context,
+          date: Optional[str] = typer.Option(None, "--date", help="Rebuild the snapshots of this day."),
+          start: Optional[str] = typer.Option(None, "--from", help="First day to rebuild."),
+          end: Optional[str] = typer.Option(None, "--to", help="Last day to rebuild."),
+          view: Optional[list[str]] = typer.Option(None, "--view", help="Only these views (repeatable).")):
+    """Compute feature views from the committed lake into the offline store (Beam), then apply Feast."""
+    from millrace.features.feast_repo import apply
+    from millrace.features.spec import load_features
+    from millrace.pipelines.features_build import build as build_views
+
+    project = common.project()
+    features = load_features(project)
+    lo, hi = common.date_range(date, start, end)
+    console = common.console()
+    with console.status("building feature views..."):
+        reports = build_views(project, features, lo, hi, view, list(ctx.args))
+    for r in reports:
+        if r["status"] == "built":
+            console.print(f"{r['view']}: {r['rows']:,} rows ({r['entities']:,} entities), "
+                          f"{r['rebuilt_rows']:,} rebuilt in {r['seconds']:.1f} s")
+        else:
+            console.print(f"[yellow]{r['view']}: skipped[/] ({r['problem']})")
+    with console.status("applying the Feast repository..."):
+        apply(project, features)
+    console.print(f"Feast repository: {project.state_dir}/feast (try: feast -c {project.state_dir}/feast "
+                  f"feature-views list)")
+
+
+@app.command("materialize")
+def materialize(
+        date: Optional[str] = typer.Option(None, "--date", help="Materialize values as of the end of this day "
+                                           "(default: now)."),
+        view: Optional[list[str]] = typer.Option(None, "--view", help="Only these views (repeatable)."),
+        full: bool = typer.Option(False, help="Rewrite every entity, not only changed ones.")):
+    """Write the latest value per entity to the online store (SQLite or Redis), incrementally."""
+    import datetime as dt
+
+    from millrace.features.materialize import materialize as write_online
+    from millrace.features.spec import load_features
+    from millrace.pipelines.landing import parse_date
+
+    project = common.project()
+    until = None
+    if date:
+        day = parse_date(date, "--date")
+        until = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    console = common.console()
+    with console.status("materializing..."):
+        reports = write_online(project, load_features(project), until, view, full)
+    for r in reports:
+        console.print(f"{r['view']}: {r['written']:,} entities written, {r['skipped_unchanged']:,} unchanged "
+                      f"({r['seconds']:.1f} s)")
+
+
+@app.command("training-set")
+def training_set(
+        spine: Path = typer.Option(..., help="Parquet file: entity keys, an event time column and labels."),
+        features_: list[str] = typer.Option(..., "--feature", "-f", help="view:feature or view (repeatable)."),
+        output: Path = typer.Option(..., help="Parquet file to write."),
+        time_column: str = typer.Option("event_timestamp", help="The spine's event time column.")):
+    """Point-in-time join of a spine to feature views: no value from after each row's time; every row kept."""
+    import pyarrow.parquet as pq
+
+    from millrace.features.errors import FeatureError
+    from millrace.features.spec import load_features
+    from millrace.features.training_set import training_set as join
+
+    project = common.project()
+    if not spine.exists():
+        raise FeatureError(f"spine file {spine} does not exist (fix: pass a Parquet file)")
+    table = join(project, load_features(project), pq.read_table(spine), list(features_), time_column)
+    pq.write_table(table, output)
+    typer.echo(f"{output}: {table.num_rows:,} rows, {table.num_columns} columns")
+
+
+@app.command("get")
+def get(view: str = typer.Argument(..., help="Feature view."),
+        keys: list[str] = typer.Argument(..., help="Entity keys.")):
+    """Read features of some entities from the online store."""
+    import pyarrow as pa
+
+    from millrace.features.online import OnlineReader
+    from millrace.features.spec import load_features
+
+    project = common.project()
+    features = load_features(project)
+    key_type = features.key_type(view)
+    table = OnlineReader(project, features).read(view, pa.array(keys).cast(key_type))
+    for row in table.to_pylist():
+        typer.echo(row)

@@ -1,0 +1,45 @@
+"""``millrace lake ...``: committed partitions and the quarantine."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from millrace.pipelines.cli import common
+
+app = typer.Typer(no_args_is_help=True, help="Look at the lake and its quarantine.")
+
+
+@app.command("ls")
+def ls(source: str = typer.Option(..., "--source", "-s", help="Source name.")):
+    """List committed partitions with their row and quarantine counts."""
+    from millrace.pipelines import lake
+
+    project = common.project()
+    contract = project.contract(source)
+    parts = lake.committed_partitions(project.lake, source, contract.partitioning.key)
+    for p in parts:
+        m = p.manifest
+        typer.echo(f"{contract.partitioning.key}={p.value}  rows={m['rows']:>7,}  quarantined={m['quarantine']['rows']:>5,}"
+                   f"  contract={m['contract']['version']}  run={m['run_id']}")
+    typer.echo(f"{len(parts)} committed partitions, {sum(p.manifest['rows'] for p in parts):,} rows")
+
+
+@app.command("quarantine")
+def quarantine(source: str = typer.Option(..., "--source", "-s", help="Source name."),
+               reason: Optional[str] = typer.Option(None, help="Only this reason code."),
+               limit: int = typer.Option(20, help="Rows to show.")):
+    """Show quarantined rows: partition, file, line, reason, field and the original record."""
+    import pyarrow.compute as pc
+
+    from millrace.pipelines import lake
+
+    project = common.project()
+    contract = project.contract(source)
+    table = lake.read_quarantine(project.quarantine, project.lake, source, contract.partitioning.key)
+    if reason and table.num_rows:
+        table = table.filter(pc.equal(table.column("reason"), reason))
+    for row in table.slice(0, limit).to_pylist():
+        payload = (row["payload"] or b"").decode("utf-8", "backslashreplace")
+        typer.echo(f"{row['partition']} {row['file']}:{row['line']} {row['reason']}({row['field']}) {payload}")
+    typer.echo(f"{table.num_rows:,} quarantined rows")

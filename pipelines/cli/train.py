@@ -1,0 +1,19 @@
+"""``millrace train``: train, export, quantize, log and register models."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from millrace.pipelines.cli import common
+
+app = typer.Typer()
+
+
+@app.command("train")
+def train(model: Optional[list[str]] = typer.Option(None, "--model", "-m",
+                                                    help="Model from models.yaml (repeatable; default: all).")):
+    """Train, export to ONNX, quantize to INT8, log to MLflow, register; promote if the gates pass."""
+    from millrace.pipelines.train import train_with_summary
+
+    train_with_summary(common.console(), common.project(), list(model) if model else None)
