@@ -11,8 +11,8 @@ from typing import NoReturn, Optional
 
 import typer
 
-# In a checkout: <repo>/examples/movielens; in a wheel: <site-packages>/millrace/examples/movielens.
-BUNDLED_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
+from millrace.pipelines.cli import bundled
+
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -29,7 +29,10 @@ _current: list[Options] = []
 
 
 def set_options(project: Optional[str], verbose: bool) -> None:
-    _current[:] = [Options(project or os.environ.get("MILLRACE_PROJECT") or str(BUNDLED_EXAMPLE), verbose)]
+    chosen = project or os.environ.get("MILLRACE_PROJECT")
+    if not chosen or Path(chosen).resolve() == bundled.SHIPPED:  # an install is never written to
+        chosen = str(bundled.project_folder())
+    _current[:] = [Options(chosen, verbose)]
     level = logging.INFO if verbose else logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     for handler in logging.getLogger().handlers:
@@ -44,7 +47,7 @@ def options() -> Options:
 
 
 def is_bundled() -> bool:
-    return Path(options().project).resolve() == BUNDLED_EXAMPLE
+    return bundled.is_bundled(options().project)
 
 
 def project():
