@@ -51,6 +51,7 @@ def test_other_exceptions_are_not_hidden(monkeypatch):
         common.run_app(_app_raising(ZeroDivisionError("a bug")))
 
 
+@pytest.mark.slow  # the CLI end to end in a subprocess (imports MLflow)
 def test_unreachable_mlflow_store_exits_75(tmp_path):
     """Schedulers retry exit 75 only: an MLflow database that is down is retryable, not bad input."""
     env = dict(os.environ, MILLRACE_STATE_DIR=str(tmp_path),
