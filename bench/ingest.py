@@ -118,7 +118,7 @@ def run_millrace(project_dir: Path, landing: Path, state: Path, validate: bool) 
     os.environ.update(MILLRACE_STATE_DIR=str(state), MILLRACE_LANDING_URI=str(landing))
     result = ingest(load_project(project_dir), "ratings", validate=validate)
     if result.rejected:
-        sys.exit(f"millrace rejected partitions: {[(r['partition'], r['problem']) for r in result.rejected]}")
+        sys.exit(f"millrace rejected partitions: {[(r.partition, r.problem) for r in result.rejected]}")
     return (f"{state}/lake/ratings/month=*/*.parquet", f"{state}/quarantine/ratings/month=*/*.parquet")
 
 

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 from millrace.contracts.arrow import TIMESTAMP, arrow_schema, coerce
 from millrace.contracts.model import Contract
 from millrace.contracts.faults import checkpoint
-from millrace.pipelines.readers import read_records, strip_terminator
+from millrace.pipelines.readers import UnreadableFile, read_records, strip_terminator
+from millrace.pipelines.records import InputFile
 from millrace.validation import quarantine as Q
 from millrace.validation import reasons as R
 from millrace.validation.rules import Verdicts, apply_field_rules, flag_future_event_times
@@ -39,7 +40,7 @@ class Decoded:
     partition: str
     good: pa.Table         # contract schema + provenance columns
     quarantine: pa.Table   # validation.quarantine.SCHEMA
-    input: dict            # path, sha256, bytes, records
+    input: InputFile
 
 
 def partition_of_date(contract: Contract, landing_date: str) -> str:
@@ -90,8 +91,8 @@ def decode_file(contract: Contract, source: str, landing: LandingFile, data: byt
         source, landing.partition, landing.path, records.line[bad_idx],
         verdicts.reason.take(bad_idx), verdicts.field.take(bad_idx),
         _payloads(records.raw, bad_idx), run_id)
-    info = {"path": landing.path, "sha256": records.sha256, "bytes": records.size, "mtime": landing.mtime,
-            "records": n, "landing_date": landing.landing_date}
+    info = InputFile(path=landing.path, sha256=records.sha256, bytes=records.size, mtime=landing.mtime, records=n,
+                     landing_date=landing.landing_date)
     return Decoded(landing.partition, good, quarantine, info)
 
 
@@ -99,8 +100,8 @@ def unreadable(contract: Contract, landing: LandingFile, exc: Exception) -> Deco
     schema = arrow_schema(contract).append(pa.field("_file", pa.int32())).append(pa.field("_line", pa.int64()))
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return Decoded(landing.partition, schema.empty_table(), Q.empty(),
-                   {"path": landing.path, "records": 0, "bytes": landing.size, "mtime": landing.mtime,
-                    "landing_date": landing.landing_date, "error": message})
+                   InputFile(path=landing.path, bytes=landing.size, mtime=landing.mtime,
+                             landing_date=landing.landing_date, error=message))
 
 
 def _payloads(raw, index: np.ndarray) -> pa.Array:
@@ -121,7 +122,7 @@ class _DecodeFn(beam.DoFn):
             try:
                 data = read_bytes(landing.path)
                 decoded.append(decode_file(self.contract, self.source, landing, data, self.now_us, self.run_id, index))
-            except (OSError, pa.ArrowException) as exc:
+            except (OSError, pa.ArrowException, UnreadableFile) as exc:
                 # The partition is then rejected by WritePartitions, naming the file and the error.
                 decoded.append(unreadable(self.contract, landing, exc))
             checkpoint("after_decode")

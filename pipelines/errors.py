@@ -1,6 +1,6 @@
-"""Errors raised by pipelines. One base class; each says whether a retry can help."""
+"""Errors raised by pipelines. One base class; each says whether a retry can help and its exit code."""
 
-from millrace.contracts.errors import MillraceError
+from millrace.contracts.errors import EXIT_FAILED, MillraceError
 
 
 class PipelineError(MillraceError):
@@ -19,3 +19,35 @@ class RunFailed(PipelineError):
     """Some partitions were not committed (threshold, expectations, unreadable input)."""
 
     retryable = False
+    exit_code = EXIT_FAILED
+
+
+class LandingInvalid(RunFailed):
+    """Landing entries that are not read (symlink out of the zone, FIFO, folder that is not a real
+    date...): the run does not start. Bad input (exit 2); a RunFailed so ``nightly`` goes on with
+    the other sources. ``problems`` holds every entry (``records.LandingProblem``)."""
+
+    exit_code = MillraceError.exit_code
+
+    def __init__(self, problems: list):
+        self.problems = list(problems)
+        more = len(self.problems) - 1
+        tail = f" (and {more} more landing entr{'y' if more == 1 else 'ies'} not read)" if more else ""
+        super().__init__(self.problems[0].line() + tail)
+
+
+class CorruptFile(PipelineError):
+    """A file millrace wrote (manifest, report, lake data file) is truncated, emptied, swapped or
+    not what it should be. Bad input (exit 2): the message names the file and how to rebuild it."""
+
+    def __init__(self, file: str, problem: str, fix: str = "rebuild it with the command that wrote it"):
+        self.file, self.problem, self.fix = str(file), problem, fix
+        super().__init__(f"{self.file}: {problem} (fix: {fix})")
+
+
+
+
+class SourceBusy(PipelineError):
+    """Another process is writing the same source: retry later (exit 75)."""
+
+    retryable = True

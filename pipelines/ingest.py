@@ -12,7 +12,6 @@ Every Beam pipeline option passes through (``--runner``, ``--direct_running_mode
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 import threading
 import time
@@ -21,11 +20,14 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from millrace.contracts.model import Contract
 from millrace.contracts.project import Project
 from millrace.pipelines import lake, landing
-from millrace.pipelines.decode import DecodeUnderContract
-from millrace.pipelines.errors import NothingToIngest
-from millrace.pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions
+from millrace.pipelines.decode import DecodeUnderContract, LandingFile
+from millrace.pipelines.errors import LandingInvalid, NothingToIngest, RunFailed
+from millrace.pipelines.lock import source_lock
+from millrace.pipelines.records import COMMITTED, REJECTED, IngestSummary, LandingProblem, PartitionReport
+from millrace.pipelines.write import Locations, WritePartitions
 
 
 @dataclass
@@ -33,67 +35,87 @@ class IngestResult:
     source: str
     run_id: str
     selection: str
-    reports: list[dict] = field(default_factory=list)
-    skipped_files: list[str] = field(default_factory=list)
+    reports: list[PartitionReport] = field(default_factory=list)
     seconds: float = 0.0
 
     def total(self, key: str) -> int:
-        return sum(r[key] for r in self.reports)
+        return sum(getattr(r, key) for r in self.reports)
 
     @property
-    def rejected(self) -> list[dict]:
-        return [r for r in self.reports if r["status"] == REJECTED]
+    def rejected(self) -> list[PartitionReport]:
+        return [r for r in self.reports if r.status == REJECTED]
 
     @property
-    def committed(self) -> list[dict]:
-        return [r for r in self.reports if r["status"] == COMMITTED]
+    def committed(self) -> list[PartitionReport]:
+        return [r for r in self.reports if r.status == COMMITTED]
 
     @property
     def by_reason(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.reports:
-            for reason, n in r["by_reason"].items():
+            for reason, n in r.by_reason.items():
                 out[reason] = out.get(reason, 0) + n
         return dict(sorted(out.items()))
 
-    def to_json(self) -> dict:
-        return {"source": self.source, "run_id": self.run_id, "selection": self.selection, "seconds": self.seconds,
-                "records": self.total("records"),
-                "good": self.total("good"),
-                "quarantined": self.total("quarantined"),
-                "duplicates_resolved": self.total("duplicates_resolved"),
-                "by_reason": self.by_reason, "committed": [r["partition"] for r in self.committed],
-                "rejected": {r["partition"]: r["problem"] for r in self.rejected}, "skipped_files": self.skipped_files}
+    def summary(self) -> IngestSummary:
+        return IngestSummary(source=self.source, run_id=self.run_id, selection=self.selection, seconds=self.seconds,
+                             records=self.total("records"), good=self.total("good"),
+                             quarantined=self.total("quarantined"),
+                             duplicates_resolved=self.total("duplicates_resolved"), by_reason=self.by_reason,
+                             committed=[r.partition for r in self.committed],
+                             rejected={r.partition: r.problem or "" for r in self.rejected})
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def plan(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None):
-    """The landing files to read (whole partitions), a description of the selection, skipped paths."""
+@dataclass
+class Plan:
+    contract: Contract
+    files: list[LandingFile]
+    selection: str
+    problems: list[LandingProblem]
+
+
+def plan(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None) -> Plan:
+    """The landing files to read (whole partitions), a description of the selection, and the
+    landing entries that break the entry rule (the run must not start when there are any)."""
     contract = project.contract(source)
-    files, skipped = landing.discover(project.landing, source, contract)
+    found = landing.scan(project.landing, source, contract)
+    files = found.files
     if start is not None or end is not None:
         if start and end and start > end:
             raise NothingToIngest(f"--from {start} is after --to {end} (fix: swap them)")
         chosen = landing.select(files, start, end)
         selection = f"{start or 'first'}..{end or 'last'}"
-        if not chosen:
+        if not chosen and not found.problems:
             raise NothingToIngest(f"no landing files for source '{source}' between {start or 'the first day'} "
                                   f"and {end or 'the last day'} under {lake.join(project.landing, source)}")
     else:
-        committed = {c.value: c.manifest for c in lake.committed_partitions(project.lake, source, contract.partitioning.key)}
-        chosen = landing.pending(files, committed, contract)
+        # A partition whose manifest is corrupt counts as never committed: it is rebuilt.
+        committed, _corrupt = lake.scan_partitions(project.lake, source, contract.partitioning.key)
+        chosen = landing.pending(files, {c.value: c.manifest for c in committed}, contract)
         selection = "new or changed files"
-    return contract, chosen, selection, skipped
+    return Plan(contract, chosen, selection, found.problems)
 
 
 def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None,
            beam_args: list[str] | None = None, validate: bool = True, progress=None) -> IngestResult:
-    contract, files, selection, skipped = plan(project, source, start, end)
+    """Hold the source's write lock (``SourceBusy``, exit 75, if another run holds it) for the
+    whole run: planning reads the committed manifests, and a commit's cleanup deletes files no
+    manifest lists, so two writers of one source must never overlap."""
+    with source_lock(project.state_dir, source):
+        return _ingest(project, source, start, end, beam_args, validate, progress)
+
+
+def _ingest(project: Project, source: str, start, end, beam_args, validate: bool, progress) -> IngestResult:
+    chosen = plan(project, source, start, end)
+    contract, files = chosen.contract, chosen.files
     run_id = new_run_id()
-    result = IngestResult(source, run_id, selection, skipped_files=skipped)
+    if chosen.problems:  # nothing is read until every entry is one the run can read
+        raise LandingInvalid(chosen.problems)
+    result = IngestResult(source, run_id, chosen.selection)
     if not files:
         return result
     where = Locations(project.lake, project.quarantine, project.state_dir)
@@ -118,8 +140,12 @@ def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.
     if watcher:
         watcher.stop()
     result.seconds = time.time() - started
-    result.reports = sorted(_load_reports(reports_dir), key=lambda r: r["partition"])
-    lake.write_bytes(lake.join(reports_dir, "summary.json"), json.dumps(result.to_json(), indent=1).encode())
+    result.reports = sorted(_load_reports(reports_dir), key=lambda r: r.partition)
+    missing = sorted(set(groups) - {r.partition for r in result.reports})
+    if missing:  # never report "nothing to ingest" for partitions whose outcome is unknown
+        raise RunFailed(f"{source}: no report for {len(missing)} of {len(groups)} partition(s) under "
+                        f"{lake.join(reports_dir, 'partitions')}, e.g. {missing[0]} (fix: rerun the ingest)")
+    lake.write_bytes(lake.join(reports_dir, "summary.json"), result.summary().to_json().encode())
     _write_docs_index(project, source)
     return result
 
@@ -143,13 +169,13 @@ def local_runner(options: PipelineOptions):
     return fn_runner.FnApiRunner(provision_info=info)
 
 
-def _save_report(report: dict, reports_dir: str) -> None:
-    lake.write_bytes(lake.join(reports_dir, "partitions", f"{report['key']}={report['partition']}.json"),
-                     json.dumps(report, indent=1, default=str).encode())
+def _save_report(report: PartitionReport, reports_dir: str) -> None:
+    lake.write_bytes(lake.join(reports_dir, "partitions", f"{report.key}={report.partition}.json"),
+                     report.to_json().encode())
 
 
-def _load_reports(reports_dir: str) -> list[dict]:
-    return [json.loads(lake.read_bytes(p)) for p in lake.list_dir(lake.join(reports_dir, "partitions"))
+def _load_reports(reports_dir: str) -> list[PartitionReport]:
+    return [PartitionReport.from_json(lake.read_bytes(p), p) for p in lake.list_dir(lake.join(reports_dir, "partitions"))
             if p.endswith(".json")]
 
 

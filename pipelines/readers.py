@@ -18,6 +18,14 @@ import pyarrow.compute as pc
 
 from millrace.validation.reasons import BAD_ENCODING, MALFORMED_RECORD, MISSING_COLUMN
 
+BOM = b"\xef\xbb\xbf"
+
+
+class UnreadableFile(ValueError):
+    """The file as a whole cannot be read (e.g. a CSV header naming a column twice): its
+    partition is rejected, naming the file and this message."""
+
+
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -45,6 +53,9 @@ def format_of(path: str) -> str | None:
 def read_records(path: str, data: bytes, fields: tuple[str, ...]) -> RawRecords:
     fmt = format_of(path)
     digest = hashlib.sha256(data).hexdigest()
+    size = len(data)
+    if fmt != "parquet" and data.startswith(BOM):
+        data = data[len(BOM):]  # a byte-order mark is not content; line numbers stay the same
     if fmt == "parquet":
         text, raw, line, reason, field = _read_parquet(data, fields)
     else:
@@ -52,7 +63,7 @@ def read_records(path: str, data: bytes, fields: tuple[str, ...]) -> RawRecords:
         bad_utf8 = _bad_utf8_lines(data, lines)
         reader = _read_csv if fmt == "csv" else _read_jsonl
         text, raw, line, reason, field = reader(lines, bad_utf8, fields)
-    return RawRecords(text=text, line=line, raw=raw, reason=reason, field=field, sha256=digest, size=len(data))
+    return RawRecords(text=text, line=line, raw=raw, reason=reason, field=field, sha256=digest, size=size)
 
 
 # -- lines -----------------------------------------------------------------------------------
@@ -133,6 +144,10 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
     raw_all = lines.array()
     header = raw_all[int(header_idx)].as_py().decode("utf-8", "replace")
     columns = [c.strip().strip('"') for c in header.split(",")]
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise UnreadableFile(f"malformed CSV header: column {twice[0]!r} appears {columns.count(twice[0])} times "
+                             f"(fix: give every column its own name)")
     invalid_texts: list[bytes] = []
 
     def on_invalid(row):
@@ -367,5 +382,5 @@ def payloads_at(path: str, data: bytes, line_numbers) -> list[bytes]:
         import pyarrow.parquet as pq
 
         return _LazyJson(pq.read_table(pa.py_buffer(data))).take(index).to_pylist()
-    lines = _split_lines(data)
+    lines = _split_lines(data[len(BOM):] if data.startswith(BOM) else data)
     return [strip_terminator(p) for p in lines.array().take(pa.array(index, pa.int64())).to_pylist()]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from millrace.contracts.project import Project
-from millrace.pipelines.errors import RunFailed
+from millrace.pipelines.errors import LandingInvalid, RunFailed
 
 
 def run_ingest_with_summary(console, project: Project, source: str, start, end, beam_args, expectations: bool):
@@ -10,17 +10,30 @@ def run_ingest_with_summary(console, project: Project, source: str, start, end, 
 
     from millrace.pipelines.ingest import ingest
 
-    with Progress(TextColumn(f"[bold]{source}[/] partitions"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("ingest", total=None)
-        result = ingest(project, source, start, end, beam_args, expectations,
-                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    try:
+        with Progress(TextColumn(f"[bold]{source}[/] partitions"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("ingest", total=None)
+            result = ingest(project, source, start, end, beam_args, expectations,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except LandingInvalid as exc:
+        render_landing_problems(console, source, exc.problems)
+        raise
     render(console, result)
     if result.rejected:
-        names = ", ".join(f"{r['key']}={r['partition']}" for r in result.rejected)
+        names = ", ".join(f"{r.key}={r.partition}" for r in result.rejected)
         raise RunFailed(f"{source}: {len(result.rejected)} partition(s) not committed: {names} "
-                        f"(first: {result.rejected[0]['problem']})")
+                        f"(first: {result.rejected[0].problem})")
     return result
+
+
+def render_landing_problems(console, source: str, problems) -> None:
+    console.print(f"[bold]{source}[/]: {len(problems)} landing entr{'y' if len(problems) == 1 else 'ies'} not read; "
+                  f"nothing was ingested:")
+    from rich.markup import escape
+
+    for p in problems:
+        console.print(f"  [red]{escape(p.path)}[/]: {escape(p.problem)} (fix: {escape(p.fix)})", highlight=False)
 
 
 def render(console, result) -> None:
@@ -45,7 +58,4 @@ def render(console, result) -> None:
     table.add_row("throughput", f"{records / result.seconds:,.0f} records/s ({result.seconds:.1f} s)")
     console.print(table)
     for r in result.rejected:
-        console.print(f"[red]rejected[/] {r['key']}={r['partition']}: {r['problem']}")
-    if result.skipped_files:
-        console.print(f"[yellow]skipped[/] {len(result.skipped_files)} landing file(s) with an unknown format or "
-                      f"outside a YYYY-MM-DD folder, e.g. {result.skipped_files[0]}")
+        console.print(f"[red]rejected[/] {r.key}={r.partition}: {r.problem}")

@@ -2,7 +2,6 @@
 suite, then commit each partition atomically (data, quarantine, results, manifest last)."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -14,13 +13,14 @@ import pyarrow.compute as pc
 from millrace.contracts.arrow import arrow_schema
 from millrace.contracts.model import Contract
 from millrace.pipelines import lake
-from millrace.pipelines.decode import PROVENANCE, Decoded
 from millrace.contracts.faults import checkpoint
+from millrace.pipelines.decode import PROVENANCE, Decoded
+from millrace.pipelines.records import (
+    COMMITTED, REJECTED, ContractRef, DataFile, ExpectationsInfo, InputFile, PartitionManifest, PartitionRef,
+    PartitionReport, QuarantineInfo,
+)
 from millrace.validation import quarantine as Q
 from millrace.validation import reasons as R
-
-COMMITTED, REJECTED = "committed", "rejected"
-
 
 @dataclass(frozen=True)
 class Locations:
@@ -73,110 +73,118 @@ class _WriteFn(beam.DoFn):
 
 
 def write_partition(contract: Contract, source: str, partition: str, decoded: list[Decoded],
-                    where: Locations, run_id: str, suite=None) -> dict:
+                    where: Locations, run_id: str, suite=None) -> PartitionReport:
     """Resolve, check and commit one partition from its decoded files; returns the run report."""
     started = time.time()
-    good, quarantine, report = _merge(contract, source, partition, decoded, run_id)
-    problem = _problem(contract, decoded, report)
-    suite_result = None
+    merged = _merge(contract, source, partition, decoded, run_id)
+    problem = _problem(contract, decoded, merged)
+    suite_result, expectations = None, None
     if problem is None and suite is not None:
-        suite_result = suite.validate(good)
-        docs = lake.join(where.state_dir, "data_docs", source, f"{report['key']}={partition}.html")
+        suite_result = suite.validate(merged.good)
+        docs = lake.join(where.state_dir, "data_docs", source, f"{contract.partitioning.key}={partition}.html")
         lake.write_bytes(docs, suite.render_html(suite_result).encode())
-        report["expectations"] = {"success": suite_result.success, "failed_blocking": suite_result.failed_blocking,
-                                  "failed_warnings": suite_result.failed_warnings, "data_docs": docs}
+        expectations = ExpectationsInfo(success=suite_result.success, failed_blocking=suite_result.failed_blocking,
+                                        failed_warnings=suite_result.failed_warnings, data_docs=docs)
         if not suite_result.success:
             problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
     if problem is None:
-        _commit(contract, source, partition, good, quarantine, suite_result, report, where, run_id)
+        outcome = _commit(contract, source, partition, merged, suite_result, expectations, where, run_id)
+        expectations = outcome.pop("expectations")
     else:
-        _reject(source, partition, quarantine, problem, report, where, run_id)
-    report["seconds"] = time.time() - started
-    return report
+        outcome = _reject(source, contract.partitioning.key, partition, merged.quarantine, problem, where, run_id)
+    return PartitionReport(source=source, partition=partition, key=contract.partitioning.key, run_id=run_id,
+                           records=merged.records, good=merged.good.num_rows, quarantined=merged.quarantine.num_rows,
+                           by_reason=merged.by_reason, duplicates_resolved=merged.duplicates_resolved,
+                           inputs=merged.inputs, expectations=expectations,
+                           seconds=time.time() - started, **outcome)
 
 
-def _merge(contract: Contract, source: str, partition: str, decoded: list[Decoded], run_id: str):
+@dataclass(frozen=True)
+class _Merged:
+    good: pa.Table
+    quarantine: pa.Table
+    records: int
+    duplicates_resolved: int
+    by_reason: dict
+    inputs: list[InputFile]
+
+
+def _merge(contract: Contract, source: str, partition: str, decoded: list[Decoded], run_id: str) -> _Merged:
     """All files of the partition as one good table (duplicates resolved) and one quarantine table."""
-    records = sum(d.input.get("records", 0) for d in decoded)
+    records = sum(d.input.records for d in decoded)
     good, superseded = resolve_duplicates(contract, pa.concat_tables([d.good for d in decoded]))
     quarantine = pa.concat_tables([d.quarantine for d in decoded])
     if superseded.num_rows:
-        paths = [d.input["path"] for d in decoded]
+        paths = [d.input.path for d in decoded]
         quarantine = pa.concat_tables([quarantine, _superseded_records(contract, source, partition, superseded,
                                                                         paths, run_id)])
     good = good.drop_columns(list(PROVENANCE)).cast(arrow_schema(contract))
     if good.num_rows + quarantine.num_rows != records:
         raise RuntimeError(f"{source} {partition}: {good.num_rows} good + {quarantine.num_rows} quarantined "
                            f"!= {records} records in; refusing to commit")
-    report = {
-        "source": source, "partition": partition, "key": contract.partitioning.key, "run_id": run_id,
-        "records": records, "good": good.num_rows, "quarantined": quarantine.num_rows,
-        "by_reason": Q.counts_by_reason(quarantine), "duplicates_resolved": superseded.num_rows,
-        "inputs": [d.input for d in decoded],
-    }
-    return good, quarantine, report
+    return _Merged(good, quarantine, records, superseded.num_rows, Q.counts_by_reason(quarantine),
+                   [d.input for d in decoded])
 
 
-def _problem(contract: Contract, decoded: list[Decoded], report: dict) -> str | None:
+def _problem(contract: Contract, decoded: list[Decoded], merged: _Merged) -> str | None:
     """Why the partition must not be committed, before expectations run; None if nothing."""
-    unreadable = [d.input for d in decoded if d.input.get("error")]
+    unreadable = [d.input for d in decoded if d.input.error]
     if unreadable:
-        return "unreadable input: " + "; ".join(f"{i['path']}: {i['error']}" for i in unreadable)
+        return "unreadable input: " + "; ".join(f"{i.path}: {i.error}" for i in unreadable)
     # Superseded duplicates are resolved, not bad data: they do not count toward the threshold.
-    rejected = report["quarantined"] - report["duplicates_resolved"]
-    share = rejected / report["records"] if report["records"] else 0.0
+    rejected = merged.quarantine.num_rows - merged.duplicates_resolved
+    share = rejected / merged.records if merged.records else 0.0
     if share > contract.quarantine_threshold:
         return (f"quarantine share {share:.1%} is above the contract's threshold "
                 f"{contract.quarantine_threshold:.1%}")
     return None
 
 
-def _reject(source: str, partition: str, quarantine: pa.Table, problem: str, report: dict, where: Locations,
-            run_id: str) -> None:
+def _reject(source: str, key: str, partition: str, quarantine: pa.Table, problem: str, where: Locations,
+            run_id: str) -> dict:
     """Leave the last commit as it is; keep the rows that were rejected where they can be read."""
+    kept = None
     if quarantine.num_rows:
-        rejected = lake.join(where.quarantine, source, "_rejected", run_id, f"{report['key']}={partition}.parquet")
-        lake.write_parquet(rejected, quarantine)
-        report["rejected_quarantine"] = rejected
-    report.update(status=REJECTED, problem=problem)
+        kept = lake.join(where.quarantine, source, "_rejected", run_id, f"{key}={partition}.parquet")
+        lake.write_parquet(kept, quarantine)
+    return {"status": REJECTED, "problem": problem, "rejected_quarantine": kept}
 
 
-def _commit(contract: Contract, source: str, partition: str, good: pa.Table, quarantine: pa.Table, suite_result,
-            report: dict, where: Locations, run_id: str) -> None:
+def _commit(contract: Contract, source: str, partition: str, merged: _Merged, suite_result,
+            expectations: ExpectationsInfo | None, where: Locations, run_id: str) -> dict:
     """Data, quarantine and results under run-specific names, then the manifest by rename, then cleanup."""
     key = contract.partitioning.key
     part_dir = lake.partition_dir(where.lake, source, key, partition)
     q_dir = lake.partition_dir(where.quarantine, source, key, partition)
     data_name, q_name = f"part-{run_id}-00000.parquet", f"part-{run_id}.parquet"
-    data_file = lake.write_parquet(lake.join(part_dir, data_name), good)
+    data_file = lake.write_parquet(lake.join(part_dir, data_name), merged.good)
     checkpoint("after_data_files")
-    lake.write_parquet(lake.join(q_dir, q_name), quarantine)
+    lake.write_parquet(lake.join(q_dir, q_name), merged.quarantine)
     checkpoint("after_quarantine")
     keep = {data_name, lake.MANIFEST}
     if suite_result is not None:
         results_name = f"_expectations-{run_id}.json"
         lake.write_bytes(lake.join(part_dir, results_name), suite_result.to_json())
         keep.add(results_name)
-        report["expectations"]["results"] = results_name
-    manifest = {
-        "source": source, "partition": {"key": key, "value": partition}, "rows": good.num_rows,
-        "files": [{"name": data_name, "rows": data_file["rows"], "bytes": data_file["bytes"],
-                   "sha256": data_file["sha256"]}],
-        "quarantine": {"rows": quarantine.num_rows, "by_reason": report["by_reason"], "directory": q_dir,
-                       "files": [q_name]},
-        "duplicates_resolved": report["duplicates_resolved"],
-        "contract": {"id": contract.id, "version": contract.version, "path": contract.path},
-        "run_id": run_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": report["inputs"], "expectations": report.get("expectations"),
-    }
+        expectations = expectations.model_copy(update={"results": results_name})
+    manifest = PartitionManifest(
+        source=source, partition=PartitionRef(key=key, value=partition), rows=merged.good.num_rows,
+        files=[DataFile(name=data_name, rows=data_file["rows"], bytes=data_file["bytes"], sha256=data_file["sha256"])],
+        quarantine=QuarantineInfo(rows=merged.quarantine.num_rows, by_reason=merged.by_reason, directory=q_dir,
+                                  files=[q_name]),
+        duplicates_resolved=merged.duplicates_resolved,
+        contract=ContractRef(id=contract.id, version=contract.version, path=str(contract.path)),
+        run_id=run_id, committed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        inputs=merged.inputs, expectations=expectations)
     checkpoint("before_manifest")
-    lake.write_atomically(lake.join(part_dir, lake.MANIFEST), json.dumps(manifest, indent=1).encode(), run_id)
+    lake.write_atomically(lake.join(part_dir, lake.MANIFEST), manifest.to_json().encode(), run_id)
     checkpoint("after_manifest")
-    # Committed: now the previous run's files and any killed run's leftovers can go.
+    # Committed: now the previous run's files and any killed run's leftovers can go (writers of a
+    # source hold its lock, so nothing here belongs to another run in progress).
     lake.remove_unlisted(part_dir, keep)
     lake.remove_unlisted(q_dir, {q_name})
-    report.update(status=COMMITTED, manifest=lake.join(part_dir, lake.MANIFEST))
     checkpoint("after_first_partition")
+    return {"status": COMMITTED, "manifest": lake.join(part_dir, lake.MANIFEST), "expectations": expectations}
 
 
 def _superseded_records(contract: Contract, source: str, partition: str, rows: pa.Table, paths: list[str],
@@ -199,7 +207,7 @@ def _superseded_records(contract: Contract, source: str, partition: str, rows: p
 
 
 class WritePartitions(beam.PTransform):
-    """(partition, [Decoded]) -> one report dict per partition (committed or rejected)."""
+    """(partition, [Decoded]) -> one PartitionReport per partition (committed or rejected)."""
 
     def __init__(self, contract: Contract, source: str, where: Locations, run_id: str, validate: bool = True):
         super().__init__()

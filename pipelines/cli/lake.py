@@ -20,9 +20,9 @@ def ls(source: str = typer.Option(..., "--source", "-s", help="Source name.")):
     parts = lake.committed_partitions(project.lake, source, contract.partitioning.key)
     for p in parts:
         m = p.manifest
-        typer.echo(f"{contract.partitioning.key}={p.value}  rows={m['rows']:>7,}  quarantined={m['quarantine']['rows']:>5,}"
-                   f"  contract={m['contract']['version']}  run={m['run_id']}")
-    typer.echo(f"{len(parts)} committed partitions, {sum(p.manifest['rows'] for p in parts):,} rows")
+        typer.echo(f"{contract.partitioning.key}={p.value}  rows={m.rows:>7,}  quarantined={m.quarantine.rows:>5,}"
+                   f"  contract={m.contract.version}  run={m.run_id}")
+    typer.echo(f"{len(parts)} committed partitions, {sum(p.manifest.rows for p in parts):,} rows")
 
 
 @app.command("quarantine")

@@ -7,7 +7,8 @@ import pytest
 from millrace.contracts.loader import load_contract
 from millrace.pipelines import landing
 from millrace.pipelines.errors import LandingMissing
-from tests.conftest import EXAMPLE
+from millrace.pipelines.records import InputFile, PartitionManifest
+from tests.conftest import EXAMPLE, GOLDEN
 
 RATINGS = load_contract(EXAMPLE / "contracts" / "ratings.yaml")
 
@@ -39,10 +40,14 @@ def test_a_date_selects_its_whole_partition(zone):
 def test_pending_sees_new_changed_and_recontracted_partitions(zone):
     files, _ = landing.discover(str(zone), "ratings", RATINGS)
 
+    golden = PartitionManifest.from_json((GOLDEN / "pipelines" / "partition-manifest.v1.json").read_text())
+
     def manifest(partition, version="1.0.0", grow=0):
         group = [f for f in files if f.partition == partition]
-        return {"contract": {"version": version},
-                "inputs": [{"path": f.path, "bytes": f.size + grow, "mtime": f.mtime} for f in group]}
+        return golden.model_copy(update={
+            "contract": golden.contract.model_copy(update={"version": version}),
+            "inputs": [InputFile(path=f.path, landing_date=f.landing_date, bytes=f.size + grow, mtime=f.mtime)
+                       for f in group]})
 
     committed = {"2016-09": manifest("2016-09"), "2016-10": manifest("2016-10", grow=1),
                  "2016-11": manifest("2016-11", version="0.9.0")}
