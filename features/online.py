@@ -1,82 +1,124 @@
 """Online reads for the serving tier: many entities and features in one call, returned as Arrow.
 
-Reads go through Feast's online store interface (``online_read``), the same store and key
-encoding ``get_online_features`` uses, but skip its per-request registry and response
-machinery: the feature views are resolved once, when the reader is made.
+The SQLite and Redis online stores are read directly, with the key and value encoding Feast 0.67
+writes (``features.wire``), so the inference tier never pays for ``import feast`` (~11 s, ~370 MB)
+and this module imports neither Beam, torch nor MLflow (tests/features/test_online_imports.py).
+Feature views, keys and types come from features.yaml, the same declarations the Feast
+repository is generated from. Feast reads the same rows: tests/features/test_online_wire.py writes
+with Feast and compares our read with Feast's, value for value.
 """
 from __future__ import annotations
 
+import os
+import threading
+
 import pyarrow as pa
 
+from millrace.contracts.errors import is_unreachable
 from millrace.contracts.project import Project
-from millrace.features.errors import StoreUnavailable, UnknownFeature
-from millrace.features.feast_repo import feature_store
+from millrace.features import stores, wire
+from millrace.features.errors import FeatureError, NothingBuilt, StoreUnavailable, UnknownFeature
 from millrace.features.spec import Features
+
+_KEY_TYPES = {pa.int64(): wire.INT64, pa.int32(): wire.INT32, pa.string(): wire.STRING}
+_CHUNK = 500  # keys per SQL statement / Redis pipeline
 
 
 class OnlineReader:
-    def __init__(self, project: Project, features: Features, store=None):
-        self.features = features
-        self.store = store or feature_store(project)
-        self._online = self.store._get_provider().online_store
-        self._views: dict = {}
-
-    def _view(self, name: str):
-        if name not in self._views:
-            self.features.view(name)  # UnknownFeature with the valid names
-            fv = self.store.get_feature_view(name)
-            self._views[name] = (fv, fv.entity_columns[0].dtype.to_value_type())
-        return self._views[name]
+    def __init__(self, project: Project, features: Features):
+        self.project, self.features = project, features
+        self.kind = stores.online_kind(project)
+        self._lock = threading.Lock()
+        self._sqlite = None
+        self._redis = None
+        self._tables: set[str] = set()
 
     def read(self, view: str, keys, feature_names: list[str] | None = None) -> pa.Table:
         """One row per key, in order: the key, then each feature (null where the store has none)."""
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import python_values_to_proto_values
-
-        fv, key_type = self._view(view)
-        names = feature_names or self.features.feature_names(view)
-        unknown = [n for n in names if n not in self.features.types[view]]
+        self.features.view(view)  # UnknownFeature with the valid names
+        names = list(feature_names or self.features.feature_names(view))
+        types = self.features.types[view]
+        unknown = [n for n in names if n not in types or n == self.features.join_key(view)]
         if unknown:
             raise UnknownFeature(f"unknown feature(s) {unknown} in view '{view}' "
                                  f"(fix: use some of {self.features.feature_names(view)})")
         join_key = self.features.join_key(view)
+        key_type = types[join_key]
         values = keys.to_pylist() if isinstance(keys, (pa.Array, pa.ChunkedArray)) else list(keys)
-        protos = python_values_to_proto_values(values, key_type)
-        entity_keys = [EntityKey(join_keys=[join_key], entity_values=[p]) for p in protos]
+        encoded = [None if v is None else wire.entity_key(join_key, v, _KEY_TYPES[key_type]) for v in values]
         try:
-            rows = self._online.online_read(self.store.config, fv, entity_keys, list(names))  # Feast's Redis store appends to it
-        except Exception as exc:
-            if "connect" in f"{type(exc).__name__} {exc}".lower():
-                raise StoreUnavailable(f"cannot read the online store: {str(exc).splitlines()[0][:200]}") from None
+            raw = self._read_sqlite(view, encoded, names) if self.kind == stores.SQLITE else \
+                self._read_redis(view, encoded, names)
+        except FeatureError:
             raise
-        columns = {join_key: pa.array(values, self.features.types[view][join_key])}
-        for name in names:
-            dtype = self.features.types[view][name]
-            columns[name] = pa.array(_column(rows, name, dtype), dtype)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise StoreUnavailable(f"cannot read the online store ({self._where()}): "
+                                       f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]} "
+                                       f"(fix: start it or check feature_store.online_store)") from None
+            raise
+        columns = {join_key: pa.array(values, key_type)}
+        for i, name in enumerate(names):
+            columns[name] = _column(view, name, types[name], [row[i] if row else None for row in raw])
         return pa.table(columns)
 
+    def _where(self) -> str:
+        return stores.sqlite_path(self.project) if self.kind == stores.SQLITE else self.project.online_store
 
-_SCALAR = {pa.int64(): "int64_val", pa.int32(): "int32_val", pa.float64(): "double_val", pa.float32(): "float_val",
-           pa.string(): "string_val", pa.bool_(): "bool_val"}
-_LIST = {pa.int64(): "int64_list_val", pa.int32(): "int32_list_val", pa.float64(): "double_list_val",
-         pa.float32(): "float_list_val", pa.string(): "string_list_val", pa.bool_(): "bool_list_val"}
+    # -- SQLite: table "<project>_<view>", one row per (entity_key, feature_name) -----------------------
+
+    def _read_sqlite(self, view: str, keys: list[bytes | None], names: list[str]) -> list[list | None]:
+        import sqlite3
+
+        path = stores.sqlite_path(self.project)
+        table = f"{self.project.name}_{view}"
+        with self._lock:
+            if self._sqlite is None:
+                if not os.path.exists(path):
+                    raise NothingBuilt(f"{path}: the online store does not exist "
+                                       f"(fix: run `millrace features materialize`)")
+                self._sqlite = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            con = self._sqlite
+            if table not in self._tables:
+                found = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+                if not found:
+                    raise NothingBuilt(f"{path}: feature view '{view}' is not in the online store "
+                                       f"(fix: run `millrace features build` and `millrace features materialize`)")
+                self._tables.add(table)
+            position = {n: i for i, n in enumerate(names)}
+            found_rows: dict[bytes, list] = {}
+            wanted = [k for k in dict.fromkeys(keys) if k is not None]
+            quoted = '"' + table.replace('"', '""') + '"'
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start:start + _CHUNK]
+                sql = (f"SELECT entity_key, feature_name, value FROM {quoted} WHERE entity_key IN "
+                       f"({','.join('?' * len(chunk))}) AND feature_name IN ({','.join('?' * len(names))})")
+                for key, feature, value in con.execute(sql, [*chunk, *names]):
+                    found_rows.setdefault(key, [None] * len(names))[position[feature]] = value
+        return [found_rows.get(k) if k is not None else None for k in keys]
+
+    # -- Redis: hash "<entity key><project>", field murmur3("<view>:<feature>") ------------------------
+
+    def _read_redis(self, view: str, keys: list[bytes | None], names: list[str]) -> list[list | None]:
+        if self._redis is None:
+            self._redis = stores.redis_client(self.project.online_store)
+        fields = [wire.redis_field(view, n) for n in names]
+        suffix = self.project.name.encode("utf-8")
+        wanted = [k for k in keys if k is not None]
+        replies: list = []
+        for start in range(0, len(wanted), _CHUNK):
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in wanted[start:start + _CHUNK]:
+                    pipe.hmget(key + suffix, fields)
+                replies += pipe.execute()
+        it = iter(replies)
+        return [next(it) if k is not None else None for k in keys]
 
 
-def _column(rows, name: str, dtype: pa.DataType) -> list:
-    """One feature's values out of the store's protos, reading the proto field the type implies
-    (Feast's generic converter costs more than the store read itself)."""
-    is_list = pa.types.is_list(dtype)
-    attr = (_LIST if is_list else _SCALAR).get(dtype.value_type if is_list else dtype)
-    out = []
-    for _, data in rows:
-        value = data.get(name) if data else None
-        if value is None or value.WhichOneof("val") is None:
-            out.append(None)
-        elif attr is None:  # timestamps and rarer types: Feast's converter
-            from feast.type_map import feast_value_type_to_python_type
-
-            out.append(feast_value_type_to_python_type(value))
-        else:
-            field = getattr(value, attr)
-            out.append(list(field.val) if is_list else field)
-    return out
+def _column(view: str, name: str, dtype: pa.DataType, raw: list[bytes | None]) -> pa.Array:
+    """One feature's stored bytes as an Arrow column of the type features.yaml gives it."""
+    try:
+        return pa.array([wire.decode_value(b) for b in raw], dtype)
+    except (ValueError, TypeError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise FeatureError(f"online store: {view}:{name} holds values that are not {dtype} ({exc}) "
+                           f"(fix: run `millrace features materialize --full`)") from None

@@ -163,8 +163,8 @@ def all_keys(e: Env, view: str) -> list:
     return sorted(latest_rows(e, view))
 
 
-def online(e: Env, view: str, keys: list, store=None) -> list[dict]:
-    return OnlineReader(e.project, e.features, store).read(view, keys).to_pylist()
+def online(e: Env, view: str, keys: list) -> list[dict]:
+    return OnlineReader(e.project, e.features).read(view, keys).to_pylist()
 
 
 def feast_online(store, e: Env, view: str, keys: list) -> list[dict]:

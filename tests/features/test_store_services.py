@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from millrace.features import feast_repo
+from millrace.features import feast_repo, stores
 from millrace.features.materialize import materialize
 from millrace.features.online import OnlineReader
 from tests.conftest import in_ci
@@ -100,9 +100,8 @@ def redis_client(redis_url, lake):
 
 
 @pytest.fixture(scope="module")
-def redis_env(redis_url, lake, redis_client, tmp_path_factory):
-    """The lake applied with Redis as the online store and materialized once. The environment
-    stays set for the module: the store configured at use time is the one used."""
+def redis_module(redis_url, lake, redis_client, tmp_path_factory):
+    """The lake applied with Redis as the online store and materialized once."""
     with pytest.MonkeyPatch.context() as mp:
         e = clone_state(mp, lake, tmp_path_factory.mktemp("redis") / "state", MILLRACE_ONLINE_STORE=redis_url)
         store = feast_repo.apply(e.project, e.features)
@@ -110,12 +109,20 @@ def redis_env(redis_url, lake, redis_client, tmp_path_factory):
         yield e, reports
 
 
+@pytest.fixture
+def redis_env(redis_module, redis_url, monkeypatch):
+    """The module's Redis state, with MILLRACE_ONLINE_STORE set again for this test (tests/conftest.py
+    clears every MILLRACE_* variable before each test): the store configured at use time is used."""
+    monkeypatch.setenv("MILLRACE_ONLINE_STORE", redis_url)
+    return redis_module
+
+
 @pytest.mark.redis
 def test_redis_materialize_writes_every_entity(redis_env, redis_url, redis_client):
     e, reports = redis_env
     config = _feast_config(e)
     assert config["online_store"]["type"] == "redis"
-    assert config["online_store"]["connection_string"] == feast_repo.redis_connection_string(redis_url)
+    assert config["online_store"]["connection_string"] == stores.redis_connection_string(redis_url)
     assert by_view(reports) == {v: len(all_keys(e, v)) for v in VIEWS}
     # one Redis hash per entity key (a user, a movie), suffixed with the project name
     assert len(_project_keys(redis_client, e.project.name)) == len(all_keys(e, "user_activity")) + len(
@@ -248,4 +255,4 @@ def test_sql_registry_on_postgres(postgres_url, lake, sql_registry_project, tmp_
     for view in VIEWS:
         keys = all_keys(e, view)
         assert feast_online(again, e, view, keys) == expected_values(e, view, keys), view
-        assert online(e, view, keys, store=again) == expected_values(e, view, keys), view
+        assert online(e, view, keys) == expected_values(e, view, keys), view
