@@ -14,13 +14,18 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from millrace.contracts.arrow import arrow_type
+from millrace.contracts.arrow import TIMESTAMP, arrow_type
 from millrace.contracts.loader import read_yaml
+from millrace.contracts.names import check_name
 from millrace.contracts.project import Project
 from millrace.features.errors import FeatureSpecError
 
 NUMERIC_ONLY = ("sum", "mean")
-_DURATION = re.compile(r"^(\d+)d$")
+_DURATION = re.compile(r"^(\d{1,9})d$")
+MAX_DAYS = 36_500  # windows and ttls up to 100 years: event times stay within Arrow's and DuckDB's range
+# Feature value types Feast's stores hold (feast_repo maps each to a Feast type).
+STORABLE = (pa.int64(), pa.int32(), pa.float64(), pa.float32(), pa.string(), pa.bool_(), TIMESTAMP)
+_MAPS = ("entities", "feature_views")  # sections that must be mappings of name -> definition
 
 
 class _Frozen(BaseModel):
@@ -76,11 +81,11 @@ class FeatureSpec(_Frozen):
 
 
 def duration(text: str) -> timedelta | None:
-    """'30d' -> 30 days; 'all' -> None."""
+    """'30d' -> 30 days; 'all' -> None. ValueError for anything else, or more than MAX_DAYS."""
     if text == "all":
         return None
     m = _DURATION.match(text)
-    if not m:
+    if not m or int(m.group(1)) > MAX_DAYS:
         raise ValueError(text)
     return timedelta(days=int(m.group(1)))
 
@@ -119,14 +124,50 @@ def load_features(project: Project) -> Features:
     if not path.exists():
         raise FeatureSpecError(path, "(file)", "does not exist", "declare entities and feature_views in features.yaml")
     data = read_yaml(path)
+    _check_shape(path, data)
     try:
         spec = FeatureSpec(**(data or {}))
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise FeatureSpecError(path, loc, first["msg"].lower(), "see examples/movielens/features.yaml") from None
+    _check_names(path, spec)
     types = {name: _check_view(path, project, spec, name, view) for name, view in spec.feature_views.items()}
     return Features(path, spec, project, types)
+
+
+def _check_shape(path: Path, data) -> None:
+    """Mappings where mappings belong, before pydantic (a list at the top level is a TypeError there)."""
+    if data is not None and not isinstance(data, dict):
+        raise FeatureSpecError(path, "(top level)", f"is a {_kind(data)}, not a mapping",
+                               "write `entities:` and `feature_views:` sections (see examples/movielens/features.yaml)")
+    for section in _MAPS:
+        value = (data or {}).get(section)
+        if value is not None and not isinstance(value, dict):
+            raise FeatureSpecError(path, section, f"is a {_kind(value)}, not a mapping of names",
+                                   f"write `{section}:` as `name: {{...}}` entries")
+        for name, item in (value or {}).items():
+            if not isinstance(item, dict):
+                raise FeatureSpecError(path, f"{section}.{name}", f"is a {_kind(item)}, not a mapping",
+                                       "give its fields as `key: value` lines under the name")
+
+
+def _kind(value) -> str:
+    return "list" if isinstance(value, list) else "null" if value is None else type(value).__name__
+
+
+def _check_names(path: Path, spec: FeatureSpec) -> None:
+    """Every name from the file through the one name rule: names become Feast objects, SQL tables,
+    Redis fields and file names, and none of them may carry code or a path."""
+    for name in spec.entities:
+        check_name(name, path, f"entities.{name}")
+    for name, view in spec.feature_views.items():
+        where = f"feature_views.{name}"
+        check_name(name, path, where)
+        for i, agg in enumerate(view.aggregations):
+            check_name(agg.name, path, f"{where}.aggregations[{i}].name")
+        for i, t in enumerate(view.transforms):
+            check_name(t.name, path, f"{where}.transforms[{i}].name")
 
 
 def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view: FeatureView) -> dict:
@@ -175,6 +216,10 @@ def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view
             raise FeatureSpecError(path, f"{at}.window", f"{agg.function} supports window: all only",
                                    "use window: all")
         out[agg.name] = _output_type(agg, source_type)
+        scalar = out[agg.name].value_type if pa.types.is_list(out[agg.name]) else out[agg.name]
+        if scalar not in STORABLE:
+            raise FeatureSpecError(path, at, f"'{agg.column}' is {source_type}, which the online store cannot hold",
+                                   "aggregate a string, number, boolean or timestamp column")
     for i, t in enumerate(view.transforms):
         at = f"{where}.transforms[{i}] ({t.name})"
         for ref in (t.column, t.denominator) if t.function == "ratio" else (t.column,):
@@ -204,7 +249,8 @@ def _duration(path, where: str, text: str):
     try:
         return duration(text)
     except ValueError:
-        raise FeatureSpecError(path, where, f"'{text}' is not a duration", "write whole days, e.g. 7d, 30d, 365d, or all") from None
+        raise FeatureSpecError(path, where, f"'{text}' is not a duration of at most {MAX_DAYS} days",
+                               "write whole days, e.g. 7d, 30d, 365d, or all") from None
 
 
 def _output_type(agg: Aggregation, source: pa.DataType | None) -> pa.DataType:
