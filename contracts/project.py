@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from millrace.contracts.errors import ContractError
 from millrace.contracts.loader import load_contract, read_yaml
 from millrace.contracts.model import Contract
+from millrace.contracts.names import check_inside, check_name
 
 # Every environment variable millrace reads, in one place (tests clear them all).
 ENV_VARS = (
@@ -86,6 +88,7 @@ class Project:
 
     def __init__(self, root: Path, config: ProjectConfig):
         self.root, self.config = root, config
+        self._contracts: dict[str, Contract] = {}
 
     @property
     def name(self) -> str:
@@ -123,11 +126,14 @@ class Project:
         return os.environ.get("MILLRACE_REGISTRY") or self.config.feature_store.registry
 
     def contract(self, source: str) -> Contract:
-        if source not in self.config.sources:
-            known = ", ".join(sorted(self.config.sources))
-            raise ContractError(self.root / "millrace.yaml", "sources", f"unknown source '{source}'",
-                                f"use one of: {known}")
-        return load_contract(self.root / self.config.sources[source].contract)
+        """The compiled contract of ``source``, parsed once per Project (every stage asks for it)."""
+        if source not in self._contracts:
+            if source not in self.config.sources:
+                known = ", ".join(sorted(self.config.sources))
+                raise ContractError(self.root / "millrace.yaml", "sources", f"unknown source '{source}'",
+                                    f"use one of: {known}")
+            self._contracts[source] = load_contract(self.root / self.config.sources[source].contract)
+        return self._contracts[source]
 
     @property
     def sources(self) -> list[str]:
@@ -141,21 +147,61 @@ def _resolve(root: Path, location: str) -> str:
 
 
 def load_project(directory: str | Path) -> Project:
+    """Read and check ``<directory>/millrace.yaml``: its shape, every source name and contract path.
+
+    Contracts themselves are compiled on first use (``Project.contract``), once per Project.
+    """
     root = Path(directory).resolve()
     path = root / "millrace.yaml"
     if not root.is_dir():
         raise ContractError(root, "--project", "is not a folder", "pass a project folder that holds millrace.yaml")
     data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ContractError(path, "(top level)", "is not a mapping", "see examples/movielens/millrace.yaml")
+        raise ContractError(path, "(top level)", f"is {_kind(data)}, where a mapping belongs",
+                            "see examples/movielens/millrace.yaml")
     try:
-        config = ProjectConfig(**data)
+        config = ProjectConfig(**{str(k): v for k, v in data.items()})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ContractError(path, loc, first["msg"].lower(), "see examples/movielens/millrace.yaml") from None
+        raise _config_error(path, exc) from None
+    check_name(config.name, path, "name")
     for name, source in config.sources.items():
-        if not (root / source.contract).exists():
-            raise ContractError(path, f"sources.{name}.contract", f"file '{source.contract}' does not exist",
+        check_name(name, path, f"sources.{name}")
+        field = f"sources.{name}.contract"
+        resolved = check_inside(root, source.contract, path, field)
+        if not resolved.exists():
+            raise ContractError(path, field, f"file '{source.contract}' does not exist",
                                 "point it at an ODCS contract file in the project folder")
+        if not resolved.is_file():
+            raise ContractError(path, field, f"'{source.contract}' is not a file",
+                                "point it at an ODCS contract file, not a folder")
     return Project(root, config)
+
+
+_EXPECTED = {"dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+             "list_type": "a list", "string_type": "text", "bool_type": "true or false"}
+
+
+def _config_error(path: Path, exc: ValidationError) -> ContractError:
+    """The first pydantic error as one line: where, what was found, what belongs there."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
+    expected = _EXPECTED.get(first["type"])
+    if expected:
+        problem = f"is {_kind(first.get('input'))}, where {expected} belongs"
+    else:
+        problem = " ".join(first["msg"].lower().split())
+    return ContractError(path, loc, problem, "see examples/movielens/millrace.yaml")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"the text {str(value)[:40]!r}"
