@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from millrace.contracts.arrow import is_stringish
 from millrace.training.errors import TrainingError
 
 MISSING, UNSEEN, FIRST = 0, 1, 2
@@ -57,13 +58,13 @@ def _fit(name: str, column: pa.ChunkedArray, max_vocabulary: int) -> InputSpec:
         mean = float(ok.mean()) if ok.size else 0.0
         std = float(ok.std()) if ok.size else 1.0
         return InputSpec(name, "numeric", "float32", mean, std if std > 1e-12 else 1.0)
-    if _stringish(t):
+    if is_stringish(t):
         return InputSpec(name, "categorical", "string", vocabulary=_vocabulary(column, max_vocabulary))
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         flat = pc.list_flatten(column)
         if pa.types.is_integer(t.value_type):
             return InputSpec(name, "multi", "int64", vocabulary=_vocabulary(pc.cast(flat, pa.int64()), max_vocabulary))
-        if not _stringish(t.value_type):
+        if not is_stringish(t.value_type):
             raise TrainingError(f"feature '{name}' is {t}; list features must hold text or integers "
                                 f"(fix: use a list<string> or list<int64> feature, or a scalar one)")
         return InputSpec(name, "multi", "string", vocabulary=_vocabulary(flat, max_vocabulary))
@@ -77,7 +78,7 @@ def key_input(table: pa.Table, key: str, max_vocabulary: int) -> InputSpec:
     if pa.types.is_integer(column.type):
         return InputSpec(key, "categorical", "int64", vocabulary=_vocabulary(pc.cast(column, pa.int64()),
                                                                              max_vocabulary))
-    if _stringish(column.type):
+    if is_stringish(column.type):
         return InputSpec(key, "categorical", "string", vocabulary=_vocabulary(column, max_vocabulary))
     raise TrainingError(f"key '{key}' is {column.type}; keys must be integers or text")
 
@@ -168,7 +169,3 @@ def _multi(column: pa.ChunkedArray, spec: InputSpec) -> tuple[np.ndarray, np.nda
     idx[rows, cols] = _indices(flat, spec)
     return raw, idx
 
-
-def _stringish(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t) and \
-        _stringish(t.value_type)
