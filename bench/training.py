@@ -103,7 +103,7 @@ def build(project, features, models, name: str) -> tuple:
     facts = {"family": spec.family, "primary": spec.primary, "seed": spec.hyperparameters.seed,
              "train_examples": split.train.num_rows, "holdout_examples": split.holdout.num_rows,
              "sizes": fitted.sizes, "losses": [round(x, 4) for x in fitted.losses], "fit_s": round(fit_s, 1),
-             "export_s": round(export_s, 2), "quantize_s": quant_s, "git_sha": lineage.get("git_sha"),
+             "export_s": round(export_s, 2), "quantize_s": quant_s, "git_sha": lineage.git_sha,
              "onnx_bytes": {p: {e: len(onnx[e][p].SerializeToString()) for e in onnx} for p in fitted.parts}}
     print(f"{name} ({spec.family}, seed {spec.hyperparameters.seed}): fitted on {split.train.num_rows:,} examples in "
           f"{fit_s:.1f} s (loss per epoch {facts['losses']}), exported in {export_s:.1f} s, quantized in "

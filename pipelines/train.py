@@ -14,6 +14,7 @@ from millrace.features import offline
 from millrace.features.spec import Features
 from millrace.features.training_set import resolve_refs
 from millrace.pipelines import lake
+from millrace.training.lineage import ContractRef, ExamplesLineage, FeatureViewLineage, Lineage, PartitionRef
 from millrace.training.spec import Models
 
 
@@ -28,24 +29,24 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
     views = resolve_refs(features, refs) if refs else {}
     digest = hashlib.sha256("".join(f"{p.value}:{p.manifest['run_id']}:{p.manifest['rows']}" for p in parts)
                             .encode()).hexdigest()
-    contracts = {source: {"id": contract.id, "version": contract.version}}
+    contracts = {source: ContractRef(contract.id, contract.version)}
     feature_views = {}
     for view in views:
         manifest = offline.read_manifest(project.offline, view) or {}
         view_source = features.view(view).source
         other = project.contract(view_source)
-        contracts[view_source] = {"id": other.id, "version": other.version}
-        feature_views[view] = {"uri": _uri(offline.data_path(project.offline, view)), "sha256": manifest.get("sha256", ""),
-                               "run_id": manifest.get("run_id", ""), "rows": manifest.get("rows", 0),
-                               "built_at": manifest.get("built_at", ""), "features_yaml_sha256": manifest.get("features_yaml_sha256", "")}
-    lineage = {
-        "examples": {"source": source, "uri": _uri(lake.join(project.lake, source)), "rows": table.num_rows,
-                     "digest": digest, "contract": contracts[source],
-                     "partitions": [{"value": p.value, "run_id": p.manifest["run_id"], "rows": p.manifest["rows"],
-                                     "contract_version": p.manifest.get("contract", {}).get("version")}
-                                    for p in parts]},
-        "contracts": contracts, "feature_views": feature_views, "git_sha": git_sha(project.root),
-    }
+        contracts[view_source] = ContractRef(other.id, other.version)
+        feature_views[view] = FeatureViewLineage(
+            uri=_uri(offline.data_path(project.offline, view)), sha256=manifest.get("sha256", ""),
+            run_id=manifest.get("run_id", ""), rows=manifest.get("rows", 0), built_at=manifest.get("built_at", ""),
+            features_yaml_sha256=manifest.get("features_yaml_sha256", ""))
+    examples = ExamplesLineage(
+        source=source, uri=_uri(lake.join(project.lake, source)), rows=table.num_rows, digest=digest,
+        contract=contracts[source],
+        partitions=tuple(PartitionRef(str(p.value), p.manifest["run_id"], p.manifest["rows"],
+                                      p.manifest.get("contract", {}).get("version")) for p in parts))
+    lineage = Lineage(examples=examples, contracts=contracts, feature_views=feature_views,
+                      git_sha=git_sha(project.root))
     return table, contract.event_time, lineage
 
 
@@ -68,7 +69,10 @@ def _uri(path: str) -> str:
     return path if "://" in path else f"file://{path}"
 
 
-def train_with_summary(console, project: Project, names: list[str] | None = None, quantizer=None) -> list:
+def train_with_summary(console, project: Project, names: list[str] | None = None, quantizer=None,
+                       force: bool = False) -> list:
+    """Train each model (default: all of models.yaml). ``force``: move champion even when the
+    current one cannot be re-scored on the new holdout."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from millrace.features.spec import load_features
@@ -90,7 +94,7 @@ def train_with_summary(console, project: Project, names: list[str] | None = None
                 bar.update(task, completed=epoch, loss=f"{loss:.4f}")
 
             outcome = train(project, features, models, name, table, time, lineage, progress=progress,
-                            quantizer=quantizer, say=console.print)
+                            quantizer=quantizer, say=console.print, force=force)
         _summary(console, outcome)
         outcomes.append(outcome)
     return outcomes

@@ -6,37 +6,36 @@
     <bundle>/manifest.json                                          parts, served files, SHA-256, metrics
     <bundle>/model_card.md
 
-Readers (the index builder, the inference tier) trust manifest.json and check each SHA-256; no
-file here is ever unpickled.
+This is the write side. Readers (the index builder, the inference tier) use ``training.bundle``,
+which trusts manifest.json, checks each SHA-256 and imports neither torch nor MLflow; no file here
+is ever unpickled.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
-import re
 
 import numpy as np
 import onnx
 
-from millrace.contracts.storage import safe_name
+from millrace.contracts.names import check_inside, check_name
+from millrace.training.bundle import MANIFEST, Manifest, load_part, read_manifest, write_manifest
 from millrace.training.export import signature
+from millrace.training.lineage import Lineage
+from millrace.training.records import from_dict
 
-MANIFEST = "manifest.json"
-_PART = re.compile(r"^[a-z][a-z0-9_]*$")
+__all__ = ["MANIFEST", "Manifest", "load_part", "read_manifest", "write_bundle", "model_card"]
 
 
-def write_bundle(directory: str, parts: dict, fp32: dict, int8: dict, info: dict) -> dict:
+def write_bundle(directory: str, parts: dict, fp32: dict, int8: dict, info: dict) -> Manifest:
     """Write every part's files and the manifest; returns the manifest."""
-    manifest = {**info, "format": 1, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "parts": {}}
+    manifest = {**info, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "parts": {}}
     for part, model in fp32.items():
-        if not _PART.match(part):
-            raise ValueError(f"bad part name {part!r}")
-        files = {"fp32": _save(directory, f"{safe_name(part)}.onnx", model)}
+        check_name(part, MANIFEST, "parts")
+        files = {"fp32": _save(directory, f"{part}.onnx", model)}
         if part in int8:
-            files["int8"] = _save(directory, f"{safe_name(part)}.int8.onnx", int8[part])
+            files["int8"] = _save(directory, f"{part}.int8.onnx", int8[part])
         served = "int8" if "int8" in files else "fp32"
         _save_flavor(directory, part, model, parts[part])
         manifest["parts"][part] = {
@@ -44,32 +43,14 @@ def write_bundle(directory: str, parts: dict, fp32: dict, int8: dict, info: dict
             "sha256": {name: digest for name, digest in files.values()},
             "served": served, "output": parts[part].output, "signature": signature(model),
             "inputs": [s.describe() for s in parts[part].specs]}
-    with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-    return manifest
-
-
-def read_manifest(directory: str) -> dict:
-    with open(os.path.join(directory, MANIFEST)) as f:
-        return json.load(f)
-
-
-def load_part(directory: str, manifest: dict, part: str, kind: str | None = None) -> bytes:
-    """The bytes of a part's ONNX file (``kind``: fp32 | int8; default the served one), checksum checked."""
-    entry = manifest["parts"][part]
-    name = entry["files"][kind or entry["served"]]
-    if os.path.basename(name) != name:
-        raise ValueError(f"bad file name {name!r} in {MANIFEST}")
-    with open(os.path.join(directory, name), "rb") as f:
-        data = f.read()
-    if hashlib.sha256(data).hexdigest() != entry["sha256"][name]:
-        raise ValueError(f"{name}: SHA-256 does not match {MANIFEST}; the bundle is corrupt")
-    return data
+    typed = from_dict(Manifest, manifest, os.path.join(directory, MANIFEST))
+    write_manifest(directory, typed)
+    return typed
 
 
 def _save(directory: str, name: str, model: onnx.ModelProto) -> tuple[str, str]:
     data = model.SerializeToString()
-    with open(os.path.join(directory, name), "wb") as f:
+    with open(check_inside(directory, name, MANIFEST, "parts"), "wb") as f:
         f.write(data)
     return name, hashlib.sha256(data).hexdigest()
 
@@ -87,7 +68,7 @@ def _save_flavor(directory: str, part: str, model: onnx.ModelProto, spec) -> Non
                            signature=infer_signature(dict(sample.raw), output))
 
 
-def model_card(name: str, spec, manifest: dict, metrics: dict, verdict_text: str, lineage: dict) -> str:
+def model_card(name: str, spec, manifest: Manifest, metrics: dict, verdict_text: str, lineage: Lineage) -> str:
     rows = ["| variant | " + " | ".join(spec.metrics) + " |", "|---|" + "---|" * len(spec.metrics)]
     for variant in ("torch", "fp32", "int8", "baseline"):
         if variant in metrics:
@@ -95,16 +76,16 @@ def model_card(name: str, spec, manifest: dict, metrics: dict, verdict_text: str
                                                         for m in spec.metrics) + " |")
     lat = [f"- {part}: {v['fp32_ms']:.3f} ms FP32, {v.get('int8_ms', float('nan')):.3f} ms INT8 at batch "
            f"{v['batch']} ({v.get('speedup', float('nan')):.2f}x)" for part, v in metrics.get("latency", {}).items()]
-    parts = [f"- `{p}`: inputs " + ", ".join(f"`{i['name']}` {i['datatype']}{i['shape']}" for i in e["signature"]["inputs"])
-             + f"; output `{e['output']}`; serves {e['served'].upper()}" for p, e in manifest["parts"].items()]
-    examples = lineage.get("examples", {})
+    parts = [f"- `{p}`: inputs " + ", ".join(f"`{i.name}` {i.datatype}{list(i.shape)}" for i in e.signature.inputs)
+             + f"; output `{e.output}`; serves {e.served.upper()}" for p, e in manifest.parts.items()]
+    examples = lineage.examples
     return "\n".join([
         f"# {name}", "", spec.description or "", "",
         f"Family: {spec.family}" + (f" ({spec.task})" if spec.family == "tabular" else ""),
         f"Label: {spec.label.column} {spec.label.op or ''} {'' if spec.label.value is None else spec.label.value}",
-        f"Examples: {examples.get('rows', '?')} rows of `{spec.examples.source}` (contract "
-        f"{examples.get('contract', {}).get('id', '?')} {examples.get('contract', {}).get('version', '?')}); "
-        f"holdout: the latest {spec.split.holdout:.0%} by event time, from {manifest.get('split_at', '?')}",
+        f"Examples: {examples.rows} rows of `{spec.examples.source}` (contract "
+        f"{examples.contract.id} {examples.contract.version}); "
+        f"holdout: the latest {spec.split.holdout:.0%} by event time, from {manifest.split_at}",
         "", "## Metrics on the holdout", "", *rows, "",
         f"Gates: {verdict_text}", "", "## Parts", "", *parts, "", "## Latency (onnxruntime, 2 threads)", "", *lat,
         "", "## Intended use and limits", "",

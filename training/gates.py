@@ -20,6 +20,7 @@ def int8_drop(spec: ModelSpec, fp32: dict, int8: dict) -> float:
 class Verdict:
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
+    incomparable: str | None = None  # why the champion could not be judged on this holdout
 
     def check(self, ok: bool, text: str) -> None:
         self.passed &= ok
@@ -30,8 +31,10 @@ class Verdict:
         return "; ".join(self.reasons)
 
 
-def judge(spec: ModelSpec, metrics: dict, baseline: dict, champion: dict | None) -> Verdict:
-    """``champion``: {"version", "metric", "how"} of the current champion on the same holdout, or None."""
+def judge(spec: ModelSpec, metrics: dict, baseline: dict, champion: dict | None, force: bool = False) -> Verdict:
+    """``champion``: {"version", "metric", "how", "comparable"} of the current champion, or None.
+    ``comparable`` is False when it could not be re-scored on this holdout: its metric then comes
+    from another holdout, so the gate refuses to move champion unless ``force``."""
     verdict = Verdict()
     primary, value = spec.primary, metrics[spec.primary]
     for metric, limit in spec.gates.thresholds.items():
@@ -43,6 +46,14 @@ def judge(spec: ModelSpec, metrics: dict, baseline: dict, champion: dict | None)
         verdict.check(better_by(primary, value, base) > 0, f"{primary} {value:.4f} vs popularity baseline {base:.4f}")
     if champion is None:
         verdict.reasons.append("no champion yet")
+    elif not champion.get("comparable", True):
+        verdict.incomparable = (f"champion v{champion['version']} cannot be re-scored on this holdout "
+                                f"({champion['how']}); its {primary} {champion['metric']:.4f} is from another holdout")
+        if force:
+            verdict.reasons.append(f"forced: {verdict.incomparable}, not compared")
+        else:
+            verdict.check(False, f"{verdict.incomparable}, not comparable (fix: train with --force to move "
+                                 f"champion anyway)")
     else:
         gain = better_by(primary, value, champion["metric"])
         verdict.check(gain >= spec.gates.min_improvement,

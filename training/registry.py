@@ -5,6 +5,13 @@ Registered model names are ``<project>.<model>`` so projects can share one regis
 version to serve). MLflow keeps only the current target of an alias, so every move is also
 recorded as a registered-model tag ``millrace.alias_log.<seq>`` = JSON {alias, version, previous,
 by, at, why}; "which version was champion on date X" reads that log.
+
+A move is one step that survives a kill: the intended event is first written as
+``millrace.alias_pending.<alias>``, then the alias moves, then the log entry is written and the
+intent removed. ``reconcile`` (run at the start of every training run and models command)
+finishes a move whose log entry is missing and drops one that never happened, so the history
+always ends at the alias's real target. ``close_orphans`` marks runs whose process died while
+RUNNING as FAILED, with the reason in a tag.
 """
 from __future__ import annotations
 
@@ -12,13 +19,20 @@ import datetime as dt
 import getpass
 import json
 import os
-from dataclasses import dataclass
+import socket
+from dataclasses import asdict, dataclass, replace
 
+from millrace.contracts.errors import is_unreachable
+from millrace.contracts.faults import checkpoint
+from millrace.contracts.names import check_inside
 from millrace.contracts.project import Project
-from millrace.training.errors import RegistryUnavailable, UnknownModel
+from millrace.training.errors import NothingToRollBackTo, RegistryError, RegistryUnavailable, UnknownModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 LOG_PREFIX = "millrace.alias_log."
+PENDING_PREFIX = "millrace.alias_pending."
+GATE_TAG, RUN_TAG = "millrace.gate", "millrace.run"   # version tags: passed | failed; interrupted
+STALE_AFTER = dt.timedelta(hours=24)  # a RUNNING run whose process cannot be checked is orphaned after this
 
 
 def tracking_uri(project: Project) -> str:
@@ -64,8 +78,10 @@ def connect(project: Project):
         client.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - name the store and the fix, not the driver's traceback
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise RegistryUnavailable(f"cannot reach the MLflow store at {_redact(uri)}: {first} "
-                                  f"(fix: check mlflow.tracking_uri in millrace.yaml or MILLRACE_MLFLOW_URI)") from None
+        fix = "(fix: check mlflow.tracking_uri in millrace.yaml or MILLRACE_MLFLOW_URI)"
+        if is_unreachable(exc):
+            raise RegistryUnavailable(f"cannot reach the MLflow store at {_redact(uri)}: {first} {fix}") from None
+        raise RegistryError(f"cannot use the MLflow store at {_redact(uri)}: {first} {fix}") from None
     return client
 
 
@@ -89,7 +105,8 @@ def experiment_id(client, project: Project, model: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = os.path.join(artifact_root(project), name)
+    root = artifact_root(project)
+    location = str(check_inside(root, name, "models.yaml", "models")) if "://" not in root else f"{root}/{name}"
     return client.create_experiment(name, artifact_location=location, tags={"millrace.project": project.name})
 
 
@@ -115,15 +132,62 @@ def history(client, name: str) -> list[AliasEvent]:
 
 
 def move_alias(client, name: str, alias: str, version: str, why: str, by: str | None = None) -> AliasEvent:
-    """Point ``alias`` at ``version`` and append the move to the alias log."""
+    """Point ``alias`` at ``version`` and append the move to the alias log (see the module doc)."""
     previous = alias_target(client, name, alias)
-    client.set_registered_model_alias(name, alias, version)
-    events = history(client, name)
-    event = AliasEvent(events[-1].seq + 1 if events else 1, alias, str(version), previous, by or actor(),
+    event = AliasEvent(_next_seq(client, name), alias, str(version), previous, by or actor(),
                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), why[:2000])
-    payload = {k: v for k, v in event.__dict__.items() if k != "seq"}
-    client.set_registered_model_tag(name, f"{LOG_PREFIX}{event.seq:06d}", json.dumps(payload))
+    client.set_registered_model_tag(name, PENDING_PREFIX + alias, json.dumps(asdict(event)))
+    client.set_registered_model_alias(name, alias, version)
+    checkpoint("after_alias_move")
+    _append(client, name, event)
+    client.delete_registered_model_tag(name, PENDING_PREFIX + alias)
     return event
+
+
+def _next_seq(client, name: str) -> int:
+    events = history(client, name)
+    return events[-1].seq + 1 if events else 1
+
+
+def _append(client, name: str, event: AliasEvent) -> None:
+    payload = {k: v for k, v in asdict(event).items() if k != "seq"}
+    client.set_registered_model_tag(name, f"{LOG_PREFIX}{event.seq:06d}", json.dumps(payload))
+
+
+def reconcile(client, name: str) -> list[AliasEvent]:
+    """Make the alias log end at each alias's real target after an interrupted move; returns the
+    entries it wrote. A no-op (two reads) when nothing was interrupted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return []
+    written = []
+    for key, value in sorted(model.tags.items()):
+        if not key.startswith(PENDING_PREFIX):
+            continue
+        intent = AliasEvent(**json.loads(value))
+        if model.aliases.get(intent.alias) is not None and str(model.aliases[intent.alias]) == intent.version \
+                and _last(client, name, intent.alias) != intent.version:
+            event = replace(intent, seq=_next_seq(client, name))
+            _append(client, name, event)  # moved, then killed before the log entry: write it as intended
+            written.append(event)
+        client.delete_registered_model_tag(name, key)  # done, or never moved: nothing to log
+    for alias, version in sorted(model.aliases.items()):
+        logged = _last(client, name, alias)
+        if logged != str(version):  # moved outside millrace (or by a version without the intent tag)
+            event = AliasEvent(_next_seq(client, name), alias, str(version), logged, "millrace",
+                               dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               "reconciled: the alias pointed here but the log did not say so")
+            _append(client, name, event)
+            written.append(event)
+    return written
+
+
+def _last(client, name: str, alias: str) -> str | None:
+    moves = [e.version for e in history(client, name) if e.alias == alias]
+    return moves[-1] if moves else None
 
 
 def alias_target(client, name: str, alias: str) -> str | None:
@@ -136,12 +200,84 @@ def alias_target(client, name: str, alias: str) -> str | None:
 
 
 def alias_at(client, name: str, alias: str, when: dt.datetime) -> str | None:
-    """The version ``alias`` pointed at, at time ``when`` (None: not set yet)."""
+    """The version ``alias`` pointed at, at time ``when`` (None: not set yet). Only moves of
+    ``alias`` count (every registered version, failed gates included, becomes challenger)."""
     target = None
     for event in history(client, name):
-        if dt.datetime.fromisoformat(event.at) <= when:
+        if event.alias == alias and dt.datetime.fromisoformat(event.at) <= when:
             target = event.version
     return target
+
+
+def gate_passed(version) -> bool:
+    """Whether a registered version passed its gates (a failed one is champion only by --force)."""
+    return version.tags.get(GATE_TAG) == "passed" and version.tags.get(RUN_TAG) != "interrupted"
+
+
+def rollback_target(client, name: str, to: str | None = None) -> str:
+    """The version a rollback of ``champion`` goes to: ``to`` when given (it must exist), else the
+    most recent earlier champion that still exists and passed its gates."""
+    current = alias_target(client, name, CHAMPION)
+    if to is not None:
+        get_version(client, name, to)
+        if str(to) == current:
+            raise NothingToRollBackTo(f"{name} version {to} is already champion (fix: name another with --to)")
+        return str(to)
+    existing = {str(v.version): v for v in versions(client, name)}
+    seen = set()
+    for event in reversed(history(client, name)):
+        v = event.version
+        if event.alias != CHAMPION or v == current or v in seen:
+            continue
+        seen.add(v)
+        if v in existing and gate_passed(existing[v]):
+            return v
+    raise NothingToRollBackTo(f"{name} has no earlier champion that passed its gates to roll back to "
+                              f"(fix: name a version with --to)")
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that let a later run tell whether this run's process is still alive."""
+    return {"millrace.host": socket.gethostname(), "millrace.pid": str(os.getpid())}
+
+
+def close_orphans(client, experiment: str, now: dt.datetime | None = None) -> list[str]:
+    """Mark RUNNING runs of ``experiment`` whose process is gone as FAILED (tag ``millrace.orphan``
+    says why), and the versions they registered as interrupted; returns their run ids."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    closed = []
+    for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'"):
+        why = _orphaned(run, now)
+        if why is None:
+            continue
+        run_id = run.info.run_id
+        client.set_tag(run_id, "millrace.orphan", why)
+        client.set_tag(run_id, "millrace.error", f"interrupted: {why}; closed as FAILED by a later run")
+        for mv in client.search_model_versions(f"run_id = '{run_id}'"):
+            client.set_model_version_tag(mv.name, mv.version, RUN_TAG, "interrupted")
+        client.set_terminated(run_id, "FAILED")
+        closed.append(run_id)
+    return closed
+
+
+def _orphaned(run, now: dt.datetime) -> str | None:
+    host, pid = run.data.tags.get("millrace.host"), run.data.tags.get("millrace.pid", "")
+    if host == socket.gethostname() and pid.isdigit():
+        return None if _alive(int(pid)) else f"its process {pid} on {host} ended without closing it"
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc)
+    if now - started > STALE_AFTER:
+        return f"RUNNING since {started:%Y-%m-%dT%H:%M}Z on {host or 'an unknown host'}, longer than {STALE_AFTER}"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def ensure_registered(client, name: str, description: str = "") -> None:

@@ -3,23 +3,32 @@
 Every check that can refuse a model runs before anything is registered: a run that fails (bad
 data, NaN loss, export mismatch, INT8 loss over the gate) is logged to MLflow as FAILED with the
 reason, and no version is created. A version that registers gets the ``challenger`` alias; it
-becomes ``champion`` only if it passes the metric gates and beats the champion on the same holdout.
+becomes ``champion`` only if it passes the metric gates and beats the champion on the same holdout;
+when the champion cannot be re-scored on this holdout the gate refuses unless ``force``.
+
+Each run first reconciles the registry (alias moves and runs a killed process left half done, see
+``registry``), and names its crash points (``after_run_start``, ``after_register``,
+``after_alias_move``) so the kill test can stop it there.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
 from millrace.features.spec import Features
 from millrace.training import artifacts, export, gates, registry
 from millrace.training.data import split as split_examples
-from millrace.training.errors import QuantizationRefused, TrainingError
+from millrace.training.errors import QuantizationRefused, RecordError, TrainingError
+from millrace.training.lineage import FILE as LINEAGE_FILE
+from millrace.training.lineage import Lineage
 from millrace.training.spec import Models, ModelSpec
 
 LATENCY_BATCH, LATENCY_THREADS = 256, 2
@@ -40,8 +49,9 @@ class Outcome:
 
 
 def train(project: Project, features: Features, models: Models, name: str, examples: pa.Table, time: str,
-          lineage: dict, *, progress=None, quantizer=None, say=lambda text: None) -> Outcome:
-    """Train model ``name`` on ``examples`` (rows of its examples source; ``time`` is the event time)."""
+          lineage: Lineage, *, progress=None, quantizer=None, say=lambda text: None, force: bool = False) -> Outcome:
+    """Train model ``name`` on ``examples`` (rows of its examples source; ``time`` is the event time).
+    ``force``: move champion even when the current one cannot be re-scored on this holdout."""
     import mlflow
 
     from millrace.training import quantize
@@ -52,8 +62,14 @@ def train(project: Project, features: Features, models: Models, name: str, examp
     client = registry.connect(project)
     reg_name = registry.registered_name(project, name)
     exp = registry.experiment_id(client, project, name)
+    for event in registry.reconcile(client, reg_name):
+        say(f"{reg_name}: alias log completed after an interrupted move: {event.alias} -> v{event.version}")
+    for run_id in registry.close_orphans(client, exp):
+        say(f"{reg_name}: run {run_id} was left RUNNING by a process that ended; closed as FAILED")
     started = dt.datetime.now(dt.timezone.utc)
-    with mlflow.start_run(experiment_id=exp, run_name=f"{name}-{started:%Y%m%dT%H%M%S}") as run:
+    with mlflow.start_run(experiment_id=exp, run_name=f"{name}-{started:%Y%m%dT%H%M%S}",
+                          tags=registry.process_tags()) as run:
+        checkpoint("after_run_start")
         try:
             _log_inputs(spec, split, lineage)
             say(f"training {name} ({spec.family}) on {split.train.num_rows:,} examples, "
@@ -87,7 +103,11 @@ def train(project: Project, features: Features, models: Models, name: str, examp
             _log_metrics(results, latency)
 
             champion = _champion(client, reg_name, spec, fitted)
-            verdict = gates.judge(spec, served, fitted.baseline, champion)
+            verdict = gates.judge(spec, served, fitted.baseline, champion, force=force)
+            if verdict.incomparable:
+                mlflow.set_tag("millrace.gate.incomparable", verdict.incomparable[:4000])
+                say(f"{reg_name}: {verdict.incomparable}: " + ("champion moves anyway (--force)" if force else
+                    "champion stays (fix: train with --force to move it anyway)"))
             with tempfile.TemporaryDirectory() as bundle:
                 info = {"model": name, "registered_name": reg_name, "family": spec.family, "task": spec.task,
                         "primary": spec.primary, "metrics": served, "run_id": run.info.run_id,
@@ -96,8 +116,8 @@ def train(project: Project, features: Features, models: Models, name: str, examp
                 card = artifacts.model_card(name, spec, manifest, results, verdict.summary, lineage)
                 with open(os.path.join(bundle, "model_card.md"), "w") as f:
                     f.write(card)
-                with open(os.path.join(bundle, "lineage.json"), "w") as f:
-                    json.dump(lineage, f, indent=1, default=str)
+                with open(os.path.join(bundle, LINEAGE_FILE), "w") as f:
+                    f.write(lineage.to_json())
                 mlflow.log_artifacts(bundle, "bundle")
             mlflow.set_tag("mlflow.note.content", card)
             version = _register(client, reg_name, spec, run.info.run_id, f"{run.info.artifact_uri}/bundle", verdict)
@@ -169,7 +189,7 @@ def _log_metrics(results: dict, latency: dict) -> None:
     mlflow.log_metrics({k: float(v) for k, v in flat.items() if v == v})  # NaN (undefined) is left out
 
 
-def _log_inputs(spec: ModelSpec, split, lineage: dict) -> None:
+def _log_inputs(spec: ModelSpec, split, lineage: Lineage) -> None:
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -183,21 +203,20 @@ def _log_inputs(spec: ModelSpec, split, lineage: dict) -> None:
               "examples.dropped_unlabelled": split.dropped_unlabelled}
     params.update({f"hp.{k}": v for k, v in spec.hyperparameters.model_dump().items()})
     mlflow.log_params(params)
-    examples = lineage.get("examples", {})
-    source = _source(examples.get("uri", "file:///unknown"))
+    examples = lineage.examples
+    source = _source(examples.uri)
     for context, table in (("training", split.train), ("holdout", split.holdout)):
-        digest = f"{examples.get('digest', '')}:{context}:{table.num_rows}"
+        digest = f"{examples.digest}:{context}:{table.num_rows}"
         mlflow.log_input(MetaDataset(source, name=f"{spec.examples.source}.{context}", digest=_short(digest)),
                          context=context)
-    for view, info in lineage.get("feature_views", {}).items():
-        uri = info.get("uri", "file:///unknown")
-        mlflow.log_input(MetaDataset(_source(uri), name=f"feature_view.{view}",
-                                     digest=str(info.get("sha256", ""))[:36]), context="features")
-    tags = {"millrace.git_sha": lineage.get("git_sha", "unknown")}
-    for source_name, contract in lineage.get("contracts", {}).items():
-        tags[f"millrace.contract.{source_name}"] = f"{contract['id']}@{contract['version']}"
-    for view, info in lineage.get("feature_views", {}).items():
-        tags[f"millrace.feature_view.{view}"] = f"{info.get('sha256', '')[:16]} run {info.get('run_id', '?')}"
+    for view, info in lineage.feature_views.items():
+        mlflow.log_input(MetaDataset(_source(info.uri), name=f"feature_view.{view}",
+                                     digest=info.sha256[:36]), context="features")
+    tags = {"millrace.git_sha": lineage.git_sha}
+    for source_name, contract in lineage.contracts.items():
+        tags[f"millrace.contract.{source_name}"] = f"{contract.id}@{contract.version}"
+    for view, info in lineage.feature_views.items():
+        tags[f"millrace.feature_view.{view}"] = f"{info.sha256[:16]} run {info.run_id}"
     mlflow.set_tags(tags)
 
 
@@ -218,8 +237,8 @@ def _short(text: str) -> str:
 
 
 def _champion(client, reg_name: str, spec: ModelSpec, fitted) -> dict | None:
-    """The champion's primary metric on this run's holdout (re-scored from its ONNX files), or its
-    logged metric when its inputs no longer match the current features."""
+    """The champion's primary metric on this run's holdout (re-scored from its ONNX files), or, marked
+    not comparable, its logged metric when it cannot be re-scored (its inputs no longer exist)."""
     from mlflow.exceptions import MlflowException
 
     from millrace.training.errors import UnknownModel
@@ -236,18 +255,19 @@ def _champion(client, reg_name: str, spec: ModelSpec, fitted) -> dict | None:
             manifest = artifacts.read_manifest(folder)
             sessions = {p: export.session(artifacts.load_part(folder, manifest, p)) for p in fitted.parts}
             result = fitted.evaluate(lambda part, encoded: export.run(sessions[part], encoded))
-            return {"version": version, "metric": result[spec.primary], "how": "re-scored on this holdout"}
-    except (KeyError, ValueError, OSError, UnknownModel, MlflowException) as exc:
+            return {"version": version, "metric": result[spec.primary], "how": "re-scored on this holdout",
+                    "comparable": True}
+    except (KeyError, ValueError, OSError, RecordError, UnknownModel, MlflowException) as exc:
         logged = client.get_run(client.get_model_version(reg_name, version).run_id).data.metrics.get(spec.primary)
-        if logged is None:
-            return None
-        return {"version": version, "metric": logged, "how": f"its own holdout; cannot re-score: {exc}"[:300]}
+        return {"version": version, "metric": math.nan if logged is None else logged,
+                "how": f"cannot re-score: {str(exc).strip(chr(39))}"[:300], "comparable": False}
 
 
 def _register(client, reg_name: str, spec: ModelSpec, run_id: str, source: str, verdict) -> str:
     registry.ensure_registered(client, reg_name, spec.description)
     mv = client.create_model_version(reg_name, source, run_id=run_id,
-                                     tags={"millrace.gate": "passed" if verdict.passed else "failed"},
+                                     tags={registry.GATE_TAG: "passed" if verdict.passed else "failed"},
                                      description=verdict.summary[:4000])
+    checkpoint("after_register")
     registry.move_alias(client, reg_name, registry.CHALLENGER, mv.version, f"registered by run {run_id}")
     return str(mv.version)

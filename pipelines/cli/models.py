@@ -17,7 +17,9 @@ def _client_and_name(model: str):
 
     project = common.project()
     load_models(project, load_features(project)).get(model)
-    return project, registry.connect(project), registry.registered_name(project, model)
+    client, reg = registry.connect(project), registry.registered_name(project, model)
+    registry.reconcile(client, reg)  # finish an alias move a killed process left without its log entry
+    return project, client, reg
 
 
 @app.command("list")
@@ -35,6 +37,7 @@ def list_models():
         reg = registry.registered_name(project, name)
         try:
             found = registry.versions(client, reg)
+            registry.reconcile(client, reg)
         except UnknownModel:
             typer.echo(f"{name:<20} not trained yet (millrace train --model {name})")
             continue
@@ -60,7 +63,10 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
     if at:
         when = _when(at)
         found = registry.alias_at(client, reg, registry.CHAMPION, when)
-        typer.echo(f"champion of {reg} at {when.isoformat()}: {found or 'none'}")
+        note = ""
+        if found and not registry.gate_passed(registry.get_version(client, reg, found)):
+            note = " (its gates failed: it was promoted by hand with --force)"
+        typer.echo(f"champion of {reg} at {when.isoformat()}: {found or 'none'}{note}")
         return
     all_versions = registry.versions(client, reg)
     v = version or registry.alias_target(client, reg, registry.CHAMPION) or (all_versions[-1].version
@@ -73,6 +79,8 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
     typer.echo(f"{reg} version {mv.version}  aliases: {aliases}  run: {mv.run_id}")
     typer.echo(f"  source: {mv.source}")
     typer.echo(f"  gate: {run_.data.tags.get('millrace.gate', '?')}")
+    if "millrace.orphan" in run_.data.tags:
+        typer.echo(f"  interrupted: {run_.data.tags['millrace.orphan']}")
     shown = {k: v for k, v in sorted(run_.data.metrics.items()) if "." not in k or k.startswith("baseline.")}
     typer.echo("  metrics: " + ", ".join(f"{k}={val:.4f}" for k, val in shown.items()))
     for key in sorted(run_.data.tags):
@@ -93,7 +101,7 @@ def promote(model: str = typer.Argument(..., help="Model name."),
 
     _, client, reg = _client_and_name(model)
     mv = registry.get_version(client, reg, version)
-    if mv.tags.get("millrace.gate") != "passed" and not force:
+    if not registry.gate_passed(mv) and not force:
         common.fail(f"{reg} version {version} failed its gates ({mv.description}) (fix: pass --force to promote "
                     f"it anyway)", 1)
     event = registry.move_alias(client, reg, registry.CHAMPION, version, f"promoted by hand: {reason}")
@@ -102,29 +110,16 @@ def promote(model: str = typer.Argument(..., help="Model name."),
 
 @app.command("rollback")
 def rollback(model: str = typer.Argument(..., help="Model name."),
-             to: Optional[str] = typer.Option(None, "--to", help="Version to go back to "
-                                              "(default: the champion before the current one)."),
+             to: Optional[str] = typer.Option(None, "--to", help="Version to go back to (default: the latest "
+                                              "earlier champion that passed its gates)."),
              reason: str = typer.Option(..., "--reason", help="Why (kept in the alias history).")):
     """Point `champion` back at an earlier version."""
     from millrace.training import registry
 
     _, client, reg = _client_and_name(model)
-    target = to or _rollback_target(client, reg)
-    if target is None:
-        common.fail(f"{reg} has no earlier champion to roll back to (fix: name one with --to)", 1)
-    registry.get_version(client, reg, target)
+    target = registry.rollback_target(client, reg, to)
     event = registry.move_alias(client, reg, registry.CHAMPION, target, f"rollback: {reason}")
     typer.echo(f"{reg}: champion v{event.previous or '-'} -> v{event.version}")
-
-
-def _rollback_target(client, reg: str) -> str | None:
-    """The champion before the current one, from the alias log (moves to registry.rollback_target)."""
-    from millrace.training import registry
-
-    current = registry.alias_target(client, reg, registry.CHAMPION)
-    previous = [e.version for e in registry.history(client, reg)
-                if e.alias == registry.CHAMPION and e.version != current]
-    return previous[-1] if previous else None
 
 
 @app.command("ui")

@@ -113,14 +113,28 @@ class Tiny:
             (self.root / "models.yaml").write_text(yaml.safe_dump(data))
         return load_models(self.project, self.features)
 
+    def lineage(self, name: str):
+        """What ``pipelines.train`` records, for examples given directly: the contract and each feature
+        view the model reads, from the offline store's manifests."""
+        from millrace.features.training_set import resolve_refs
+        from millrace.training.lineage import ContractRef, ExamplesLineage, FeatureViewLineage, Lineage
+
+        spec = self.models().get(name)
+        refs = spec.features or (spec.user.features + spec.item.features)
+        views = {}
+        for view in resolve_refs(self.features, refs):
+            m = offline.read_manifest(self.project.offline, view)
+            views[view] = FeatureViewLineage(f"file://{offline.data_path(self.project.offline, view)}", m["sha256"],
+                                             m["run_id"], m["rows"], m["built_at"], m["features_yaml_sha256"])
+        ref = ContractRef("ratings", "1.0.0")
+        return Lineage(examples=ExamplesLineage("ratings", "file:///tiny/ratings", self.ratings.num_rows, "tiny", ref),
+                       contracts={"ratings": ref}, feature_views=views, git_sha="test")
+
     def train(self, name: str, examples: pa.Table | None = None, **kwargs):
         from millrace.training.run import train
 
-        lineage = {"examples": {"source": "ratings", "uri": "file:///tiny/ratings", "rows": self.ratings.num_rows,
-                                "digest": "tiny", "contract": {"id": "ratings", "version": "1.0.0"}},
-                   "contracts": {"ratings": {"id": "ratings", "version": "1.0.0"}}, "git_sha": "test"}
         return train(self.project, self.features, self.models(), name,
-                     self.ratings if examples is None else examples, "timestamp", lineage, **kwargs)
+                     self.ratings if examples is None else examples, "timestamp", self.lineage(name), **kwargs)
 
 
 @pytest.fixture

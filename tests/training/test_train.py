@@ -10,7 +10,7 @@ import onnx
 import pyarrow as pa
 import pytest
 
-from millrace.training import artifacts, registry
+from millrace.training import bundle, registry
 from millrace.training.errors import DivergedTraining, EmptyTrainingSet, QuantizationRefused, TrainingError
 
 SEED_TOLERANCE = 1e-6  # same seed, same data, same machine: metrics agree to float rounding
@@ -38,22 +38,23 @@ def test_two_tower_trains_exports_and_registers(tiny, tmp_path):
     assert registry.alias_target(client, reg, registry.CHAMPION) == "1"
     assert registry.alias_target(client, reg, registry.CHALLENGER) == "1"
     folder = registry.download(client, reg, "1", str(tmp_path))
-    manifest = artifacts.read_manifest(folder)
-    assert set(manifest["parts"]) == {"user_encoder", "item_encoder"}
+    manifest = bundle.read_manifest(folder)
+    assert set(manifest.parts) == {"user_encoder", "item_encoder"}
     for part in ("user_encoder", "item_encoder"):
-        entry = manifest["parts"][part]
-        assert entry["files"] == {"fp32": f"{part}.onnx", "int8": f"{part}.int8.onnx"} and entry["served"] == "int8"
-        model = onnx.load_from_string(artifacts.load_part(folder, manifest, part))  # checksum checked
+        entry = manifest.parts[part]
+        assert entry.files == {"fp32": f"{part}.onnx", "int8": f"{part}.int8.onnx"} and entry.served == "int8"
+        model = onnx.load_from_string(bundle.load_part(folder, manifest, part))  # checksum checked
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
         mlmodel = (tmp_path / "bundle" / "mlflow" / part / "MLmodel").read_text()
         assert "signature:" in mlmodel and "onnx" in mlmodel
-    names = [i["name"] for i in manifest["parts"]["user_encoder"]["signature"]["inputs"]]
+    names = [i.name for i in manifest.parts["user_encoder"].signature.inputs]
     assert names == ["userId", "user_activity__rating_mean_all", "user_genres__top_genres_365d",
                      "user_activity__recent_movies"]
     run = client.get_run(out.run_id)
     assert run.data.metrics["parity_max_abs_diff.user_encoder"] <= 1e-4
     assert run.data.tags["millrace.contract.ratings"] == "ratings@1.0.0"
-    assert "millrace.feature_view.user_activity" in run.data.tags or run.data.params["features"]
+    assert run.data.tags["millrace.feature_view.user_activity"].endswith(" run test-run")  # the view's build
+    assert "user_activity:rating_mean_all" in json.loads(run.data.params["features"])["user"]
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs if i.tags}
     assert {"training", "holdout"} <= contexts
     assert (tmp_path / "bundle" / "model_card.md").read_text().startswith("# retrieval")
@@ -65,9 +66,9 @@ def test_tabular_classifier_and_regressor(tiny, tmp_path):
     stars = tiny.train("stars")
     assert stars.metrics["rmse"] > 0 and stars.promoted
     folder = registry.download(_client(tiny), registry.registered_name(tiny.project, "stars"), "1", str(tmp_path))
-    manifest = artifacts.read_manifest(folder)
-    assert manifest["parts"]["model"]["files"] == {"fp32": "model.onnx"}  # quantization: none
-    assert manifest["parts"]["model"]["output"] == "prediction"
+    manifest = bundle.read_manifest(folder)
+    assert manifest.parts["model"].files == {"fp32": "model.onnx"}  # quantization: none
+    assert manifest.parts["model"].output == "prediction"
 
 
 def test_same_seed_same_metrics(tiny):
