@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from millrace.contracts.arrow import arrow_type
 from millrace.contracts.loader import read_yaml
+from millrace.contracts.names import check_name
 from millrace.contracts.project import Project
 from millrace.features.errors import UnknownFeature
 from millrace.features.spec import Features
@@ -135,8 +136,15 @@ def load_models(project: Project, features: Features) -> Models:
     if not path.exists():
         raise ModelSpecError(path, "(file)", "does not exist", "declare models in models.yaml "
                              "(see examples/movielens/models.yaml)")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ModelSpecError(path, "(top level)", _kind(data), "write `models:` followed by "
+                             "one entry per model (see examples/movielens/models.yaml)")
+    if isinstance(data.get("models"), dict):
+        for name in data["models"]:
+            check_name(name, path, f"models.{name}")  # a model name becomes an experiment and a folder name
     try:
-        parsed = ModelsFile(**(read_yaml(path) or {}))
+        parsed = ModelsFile(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -144,6 +152,12 @@ def load_models(project: Project, features: Features) -> Models:
     for name, spec in parsed.models.items():
         _check(path, project, features, f"models.{name}", spec)
     return Models(path, parsed.models)
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "is empty"
+    return f"is a {({list: 'list', str: 'string'}).get(type(value), type(value).__name__)}, not a map"
 
 
 def _check(path: Path, project: Project, features: Features, where: str, spec: ModelSpec) -> None:
