@@ -15,11 +15,8 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from millrace.contracts.arrow import TIMESTAMP
 from millrace.features.spec import Aggregation, FeatureView, duration
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-TS = pa.timestamp("us", tz="UTC")
-KEYS = ("event_timestamp", "created_timestamp")
 
 
 def compute_view(view: FeatureView, key: str, event_time: str | None, events: pa.Table, lookup: pa.Table | None,
@@ -178,10 +175,10 @@ def _conform(table: pa.Table, key: str, types: dict[str, pa.DataType], created_a
              static: bool) -> pa.Table:
     """Name, type and order the columns as Feast expects: key, event and created timestamps, features.
     Snapshots are stamped at the end of their day; static rows at the epoch."""
-    day = table.column("d").cast(TS)
+    day = table.column("d").cast(TIMESTAMP)
     event = day if static else pc.add(day, pa.scalar(dt.timedelta(days=1), pa.duration("us")))
     columns = {key: table.column("k").cast(types[key]), "event_timestamp": event,
-               "created_timestamp": pa.repeat(pa.scalar(created_at, TS), table.num_rows)}
+               "created_timestamp": pa.repeat(pa.scalar(created_at, TIMESTAMP), table.num_rows)}
     for name, dtype in types.items():
         if name != key:
             columns[name] = table.column(name).cast(dtype)

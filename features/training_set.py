@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from millrace.contracts.arrow import is_stringish
 from millrace.contracts.project import Project
 from millrace.features.errors import FeatureError, UnknownFeature
 from millrace.features.offline import read_view
@@ -320,10 +321,6 @@ def _ticks(delta: dt.timedelta, unit: str) -> int:
     return us * 1000 if unit == "ns" else us
 
 
-def _stringish(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-
-
 def _common_keys(spine_col: pa.ChunkedArray, spine_key: str, view_col: pa.ChunkedArray,
                  join_key: str) -> tuple[pa.Array, pa.Array]:
     """Both key columns as arrays of one type; KeyTypeMismatch when they cannot be compared."""
@@ -336,7 +333,7 @@ def _common_keys(spine_col: pa.ChunkedArray, spine_key: str, view_col: pa.Chunke
         return s, v
     if pa.types.is_integer(s.type) and pa.types.is_integer(v.type):
         target = pa.int64()
-    elif _stringish(s.type) and _stringish(v.type):
+    elif is_stringish(s.type) and is_stringish(v.type):
         target = pa.large_string()
     else:
         raise KeyTypeMismatch(_mismatch(spine_key, s.type, join_key, v.type))
