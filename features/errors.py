@@ -19,6 +19,11 @@ class NothingBuilt(FeatureError):
     """Materialize or a training set asked for a feature view that has no offline table yet."""
 
 
+class CorruptTable(FeatureError):
+    """An offline table, its manifest or the Feast registry does not hold what was written:
+    the message names the file and how to rebuild it."""
+
+
 class UnknownFeature(FeatureError):
     """A feature reference names no view or no feature of that view."""
 

@@ -6,6 +6,9 @@
 The table has a fixed name because Feast's FileSource points at it; a build writes a new
 file beside it and renames it over the old one, so Feast and our readers always see a whole
 table. A ranged build rewrites only the days of its range and keeps the rest.
+
+Every read checks the table's bytes against the SHA-256 its manifest recorded: a truncated,
+swapped or half-committed table is one line naming the file and the fix, never other features.
 """
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from millrace.features.errors import NothingBuilt
 from millrace.contracts import storage
+from millrace.contracts.faults import checkpoint
+from millrace.features.errors import CorruptTable, NothingBuilt
+from millrace.features.records import OfflineManifest
 
 DATA, MANIFEST = "data.parquet", "_manifest.json"
 
@@ -33,16 +38,34 @@ def data_path(offline: str, view: str) -> str:
 
 
 def read_view(offline: str, view: str) -> pa.Table:
+    """The committed table of a view, after checking its bytes against the manifest."""
     path = data_path(offline, view)
     if not storage.exists(path):
         raise NothingBuilt(f"feature view '{view}' has no offline table at {path} "
                            f"(fix: run `millrace features build` first)")
-    return pq.read_table(io.BytesIO(storage.read_bytes(path)))
+    fix = f"run `millrace features build --view {view}` to rebuild it"
+    manifest = read_manifest(offline, view)
+    if manifest is None:
+        raise CorruptTable(f"{path}: the table has no manifest beside it (fix: {fix})")
+    data = storage.read_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        raise CorruptTable(f"{path}: the bytes ({len(data):,}, sha256 {digest[:12]}) are not the table its manifest "
+                           f"records ({manifest.bytes:,}, sha256 {manifest.sha256[:12]}): truncated, "
+                           f"replaced or half-written (fix: {fix})")
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptTable(f"{path}: not a readable Parquet table ({str(exc).splitlines()[0][:120]}) "
+                           f"(fix: {fix})") from None
 
 
-def read_manifest(offline: str, view: str) -> dict | None:
+def read_manifest(offline: str, view: str) -> OfflineManifest | None:
     path = storage.join(view_dir(offline, view), MANIFEST)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+    if not storage.exists(path):
+        return None
+    return OfflineManifest.from_json(storage.read_bytes(path), path,
+                                     f"run `millrace features build --view {view}` to rebuild the view")
 
 
 def merge(existing: pa.Table | None, fresh: pa.Table, first: dt.date | None, last: dt.date | None) -> pa.Table:
@@ -59,16 +82,24 @@ def merge(existing: pa.Table | None, fresh: pa.Table, first: dt.date | None, las
     return pa.concat_tables([existing.filter(keep).cast(fresh.schema), fresh])
 
 
-def write_view(offline: str, view: str, table: pa.Table, info: dict, run_id: str) -> dict:
+def write_view(offline: str, view: str, table: pa.Table, info: dict, run_id: str) -> OfflineManifest:
+    """Commit ``table`` as the view's offline table: data renamed over, then the manifest.
+
+    ``info``: the build's own manifest fields (inputs, features_yaml_sha256, range)."""
     key = table.column_names[0]
     table = table.take(pc.sort_indices(table, sort_keys=[(key, "ascending"), ("event_timestamp", "ascending")]))
     directory = view_dir(offline, view)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue()
+    manifest = OfflineManifest(
+        view=view, rows=table.num_rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), run_id=run_id,
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        entities=pc.count_distinct(table.column(key)).as_py() if table.num_rows else 0, **info)
+    tmp = storage.join(directory, f"{DATA}.tmp-{run_id}")
+    storage.write_bytes(tmp, data)
+    checkpoint("after_view_data")  # new data beside the old table, nothing committed
     storage.write_atomically(storage.join(directory, DATA), data, run_id)
-    manifest = {"view": view, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                "run_id": run_id, "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "entities": pc.count_distinct(table.column(key)).as_py() if table.num_rows else 0, **info}
-    storage.write_atomically(storage.join(directory, MANIFEST), json.dumps(manifest, indent=1).encode(), run_id)
+    storage.write_atomically(storage.join(directory, MANIFEST), manifest.to_json().encode(), run_id)
+    storage.remove_unlisted(directory, {DATA, MANIFEST})  # the staged copy and killed runs' leftovers
     return manifest

@@ -4,7 +4,8 @@
 
 Each view is computed by the pure ``features.compute.compute_view`` on Arrow tables read from
 the lake, and committed to the offline store by rename, with a manifest naming the lake
-partitions (and their run ids) it was built from.
+partitions (and their run ids) it was built from. A build killed anywhere and rerun gives the
+same tables (tests/features/test_kill.py): a view is committed whole or not at all.
 """
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from millrace.contracts.arrow import TIMESTAMP
+from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
 from millrace.features import offline
 from millrace.features.compute import compute_view
+from millrace.features.records import LakeInput, ViewBuildReport
 from millrace.features.spec import Features
 from millrace.pipelines import lake
 
 
-def source_rows(project: Project, source: str, until: dt.date | None = None) -> tuple[pa.Table, list[dict]]:
+def source_rows(project: Project, source: str, until: dt.date | None = None) -> tuple[pa.Table, list[LakeInput]]:
     """Committed rows of a source (events up to the end of ``until``) and the partitions read."""
     contract = project.contract(source)
     key = contract.partitioning.key
@@ -33,17 +37,17 @@ def source_rows(project: Project, source: str, until: dt.date | None = None) -> 
     for part in parts:
         t = lake.read_partition(part)
         tables.append(t.append_column(key, pa.repeat(pa.scalar(part.value), t.num_rows)))
-        inputs.append({"partition": f"{key}={part.value}", "run_id": part.manifest["run_id"],
-                       "contract_version": part.manifest["contract"]["version"], "rows": part.manifest["rows"]})
+        inputs.append(LakeInput(partition=f"{key}={part.value}", run_id=part.manifest.run_id,
+                                contract_version=part.manifest.contract.version, rows=part.manifest.rows))
     table = pa.concat_tables(tables) if tables else None
     if table is not None and until is not None and contract.event_time:
         end = pa.scalar(dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.timezone.utc),
-                        pa.timestamp("us", tz="UTC"))
+                        TIMESTAMP)
         table = table.filter(pc.less(table.column(contract.event_time), end))
     return table, inputs
 
 
-def latest_snapshot(project: Project, source: str) -> tuple[pa.Table | None, list[dict]]:
+def latest_snapshot(project: Project, source: str) -> tuple[pa.Table | None, list[LakeInput]]:
     """The rows of the newest committed partition (a catalogue snapshot)."""
     table, inputs = source_rows(project, source)
     if table is None:
@@ -57,16 +61,19 @@ class _BuildFn(beam.DoFn):
     def __init__(self, project_root: str, first: dt.date | None, last: dt.date | None, run_id: str):
         self.project_root, self.first, self.last, self.run_id = project_root, first, last, run_id
 
-    def process(self, view_name: str):
+    def setup(self):  # once per worker: the project, its contracts and features.yaml parsed once
         from millrace.contracts.project import load_project
         from millrace.features.spec import load_features
 
-        project = load_project(self.project_root)
-        yield build_view(project, load_features(project), view_name, self.first, self.last, self.run_id)
+        self.project = load_project(self.project_root)
+        self.features = load_features(self.project)
+
+    def process(self, view_name: str):
+        yield build_view(self.project, self.features, view_name, self.first, self.last, self.run_id)
 
 
 def build_view(project: Project, features: Features, name: str, first: dt.date | None, last: dt.date | None,
-               run_id: str) -> dict:
+               run_id: str) -> ViewBuildReport:
     started = time.time()
     view = features.view(name)
     if view.static:
@@ -74,7 +81,7 @@ def build_view(project: Project, features: Features, name: str, first: dt.date |
     else:
         events, inputs = source_rows(project, view.source, last)
     if events is None:
-        return {"view": name, "status": "skipped", "problem": f"source '{view.source}' has no committed partitions"}
+        return ViewBuildReport(view=name, status="skipped", problem=f"source '{view.source}' has no committed partitions")
     lookup = None
     if view.enrich:
         lookup, more = latest_snapshot(project, view.enrich.source)
@@ -90,9 +97,10 @@ def build_view(project: Project, features: Features, name: str, first: dt.date |
     spec_hash = hashlib.sha256(features.path.read_bytes()).hexdigest()[:16]
     manifest = offline.write_view(project.offline, name, table,
                                   {"inputs": inputs, "features_yaml_sha256": spec_hash,
-                                   "range": [str(first) if first else None, str(last) if last else None]}, run_id)
-    return {"view": name, "status": "built", "rows": manifest["rows"], "entities": manifest["entities"],
-            "rebuilt_rows": fresh.num_rows, "seconds": time.time() - started}
+                                   "range": (str(first) if first else None, str(last) if last else None)}, run_id)
+    checkpoint("after_view_commit")  # the view is committed; its build report is not yet written
+    return ViewBuildReport(view=name, status="built", rows=manifest.rows, entities=manifest.entities,
+                           rebuilt_rows=fresh.num_rows, seconds=time.time() - started)
 
 
 class BuildFeatureView(beam.PTransform):
@@ -107,7 +115,7 @@ class BuildFeatureView(beam.PTransform):
 
 
 def build(project: Project, features: Features, first: dt.date | None = None, last: dt.date | None = None,
-          views: list[str] | None = None, beam_args: list[str] | None = None) -> list[dict]:
+          views: list[str] | None = None, beam_args: list[str] | None = None) -> list[ViewBuildReport]:
     from millrace.pipelines.ingest import local_runner, new_run_id
 
     names = views or list(features.views)
@@ -115,7 +123,7 @@ def build(project: Project, features: Features, first: dt.date | None = None, la
         features.view(n)  # unknown names fail before any work
     run_id = new_run_id()
     options = PipelineOptions(list(project.config.pipeline.options) + list(beam_args or []))
-    reports: list[dict] = []
+    reports: list[ViewBuildReport] = []
     with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
         _ = (pipeline | "Views" >> beam.Create(names)
              | "BuildFeatureView" >> BuildFeatureView(str(project.root), first, last, run_id)
@@ -125,14 +133,14 @@ def build(project: Project, features: Features, first: dt.date | None = None, la
     return reports
 
 
-def _save(report: dict, state_dir: str, run_id: str) -> None:
-    import json
-
-    lake.write_bytes(lake.join(state_dir, "runs", "features", run_id, f"{report['view']}.json"),
-                     json.dumps(report, default=str).encode())
+def _report_path(state_dir: str, run_id: str, view: str) -> str:
+    return lake.join(state_dir, "runs", "features", run_id, f"{view}.json")
 
 
-def _load(state_dir: str, run_id: str, view: str) -> dict:
-    import json
+def _save(report: ViewBuildReport, state_dir: str, run_id: str) -> None:
+    lake.write_bytes(_report_path(state_dir, run_id, report.view), report.to_json().encode())
 
-    return json.loads(lake.read_bytes(lake.join(state_dir, "runs", "features", run_id, f"{view}.json")))
+
+def _load(state_dir: str, run_id: str, view: str) -> ViewBuildReport:
+    path = _report_path(state_dir, run_id, view)
+    return ViewBuildReport.from_json(lake.read_bytes(path), path, "run `millrace features build` again")

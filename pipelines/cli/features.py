@@ -29,11 +29,11 @@ def build(ctx: typer.Context,
     with console.status("building feature views..."):
         reports = build_views(project, features, lo, hi, view, list(ctx.args))
     for r in reports:
-        if r["status"] == "built":
-            console.print(f"{r['view']}: {r['rows']:,} rows ({r['entities']:,} entities), "
-                          f"{r['rebuilt_rows']:,} rebuilt in {r['seconds']:.1f} s")
+        if r.status == "built":
+            console.print(f"{r.view}: {r.rows:,} rows ({r.entities:,} entities), "
+                          f"{r.rebuilt_rows:,} rebuilt in {r.seconds:.1f} s")
         else:
-            console.print(f"[yellow]{r['view']}: skipped[/] ({r['problem']})")
+            console.print(f"[yellow]{r.view}: skipped[/] ({r.problem})")
     with console.status("applying the Feast repository..."):
         apply(project, features)
     console.print(f"Feast repository: {project.state_dir}/feast (try: feast -c {project.state_dir}/feast "
@@ -62,8 +62,9 @@ def materialize(
     with console.status("materializing..."):
         reports = write_online(project, load_features(project), until, view, full)
     for r in reports:
-        console.print(f"{r['view']}: {r['written']:,} entities written, {r['skipped_unchanged']:,} unchanged "
-                      f"({r['seconds']:.1f} s)")
+        refilled = " (the store had lost its data: all rewritten)" if r.refilled else ""
+        console.print(f"{r.view}: {r.written:,} entities written, {r.skipped_unchanged:,} unchanged "
+                      f"({r.seconds:.1f} s){refilled}")
 
 
 @app.command("training-set")
@@ -96,9 +97,16 @@ def get(view: str = typer.Argument(..., help="Feature view."),
     from millrace.features.online import OnlineReader
     from millrace.features.spec import load_features
 
+    from millrace.features.errors import FeatureError
+
     project = common.project()
     features = load_features(project)
     key_type = features.key_type(view)
-    table = OnlineReader(project, features).read(view, pa.array(keys).cast(key_type))
+    try:
+        typed = pa.array(keys).cast(key_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise FeatureError(f"keys {keys}: not all are {key_type}, the type of view '{view}''s key "
+                           f"'{features.join_key(view)}' (fix: pass {key_type} keys)") from None
+    table = OnlineReader(project, features).read(view, typed)
     for row in table.to_pylist():
         typer.echo(row)

@@ -124,7 +124,7 @@ def make_state(mp: pytest.MonkeyPatch, dest: Path, name: str | None = None, **en
     write_landing(e.state)
     ingest_all(e.project)
     reports = build(e.project, e.features)
-    assert [r["status"] for r in reports] == ["built"] * len(VIEWS), reports
+    assert [r.status for r in reports] == ["built"] * len(VIEWS), reports
     return e
 
 
@@ -187,8 +187,8 @@ def assert_same_tables(got: dict[str, pa.Table], want: dict[str, pa.Table]) -> N
         assert got[view].to_pylist() == want[view].to_pylist(), view
 
 
-def by_view(reports: list[dict], field: str = "written") -> dict[str, int]:
-    return {r["view"]: r[field] for r in reports}
+def by_view(reports: list, field: str = "written") -> dict[str, int]:
+    return {r.view: getattr(r, field) for r in reports}
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -291,8 +291,8 @@ def test_first_materialize_writes_every_entity(base, background):  # background:
     e, _, reports = base
     assert set(by_view(reports)) == set(VIEWS)
     for r in reports:
-        assert r["written"] == r["entities"] == len(all_keys(e, r["view"])) > 0, r
-        assert r["skipped_unchanged"] == 0, r
+        assert r.written == r.entities == len(all_keys(e, r.view)) > 0, r
+        assert r.skipped_unchanged == 0 and not r.refilled, r
 
 
 def test_online_values_equal_latest_offline_row(base):
@@ -444,7 +444,7 @@ def test_ranged_builds_give_the_same_table_as_a_full_build(base, tmp_path, monke
     build(e.project, e.features, first=DAYS[2], last=DAYS[4])
     assert_same_tables(offline_tables(e), full)
     manifest = offline.read_manifest(e.project.offline, "user_activity")
-    assert manifest["range"] == [str(DAYS[2]), str(DAYS[4])]
+    assert manifest.range == (str(DAYS[2]), str(DAYS[4]))
 
 
 # -- one-line errors from the CLI -----------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""The typed records of the feature platform: build reports, offline manifests, materialize
+reports and the record of what an online store holds.
+
+Each is a frozen pydantic model with a ``format_version`` and one JSON round trip (``to_json`` /
+``from_json``); ``tests/golden/features/`` holds one file per record and format version. A record
+that does not parse (truncated, emptied, another shape) is a ``CorruptTable`` naming the file.
+
+Records still answer ``record["field"]`` and ``record.get("field")`` (read only, declared fields
+only) so callers written against the former dicts keep working while they move to attributes.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from millrace.features.errors import CorruptTable
+
+R = TypeVar("R", bound="Record")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1)
+
+    @classmethod
+    def from_json(cls: type[R], text: str | bytes, file: str = "", fix: str = "rebuild it") -> R:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            problem = "empty" if not text.strip() else \
+                "truncated or not JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg'].lower()}"
+            raise CorruptTable(f"{file or cls.__name__}: not a valid {cls.__name__} ({problem}) (fix: {fix})") from None
+
+    # Transitional read access by key, for callers not yet moved to attributes.
+    def __getitem__(self, key: str):
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in type(self).model_fields else default
+
+
+class LakeInput(Record):
+    """One committed lake partition a feature table was built from."""
+
+    partition: str                  # "<key>=<value>"
+    run_id: str
+    contract_version: str
+    rows: int
+
+
+class OfflineManifest(Record):
+    """``<offline>/<view>/_manifest.json``: what the committed table is and what it was built from."""
+
+    format_version: Literal[1] = 1
+    view: str
+    rows: int
+    bytes: int
+    sha256: str                     # of data.parquet: every read checks it
+    run_id: str
+    built_at: str                   # ISO 8601, UTC
+    entities: int
+    inputs: list[LakeInput] = []
+    features_yaml_sha256: str = ""
+    range: tuple[Optional[str], Optional[str]] = (None, None)   # the days rebuilt (None: open end)
+    generated_by: str = ""          # set by tools that write tables without a build (bench, tests)
+
+
+class ViewBuildReport(Record):
+    """What one view's build did (``millrace features build``)."""
+
+    format_version: Literal[1] = 1
+    view: str
+    status: Literal["built", "skipped"]
+    rows: int = 0                   # rows of the committed table
+    entities: int = 0
+    rebuilt_rows: int = 0           # rows computed by this build (a ranged build keeps the others)
+    seconds: float = 0.0
+    problem: Optional[str] = None   # why it was skipped
+
+
+class MaterializeReport(Record):
+    """What one view's materialization wrote (``millrace features materialize``)."""
+
+    format_version: Literal[1] = 1
+    view: str
+    entities: int                   # entities with a value up to `until`
+    written: int
+    skipped_unchanged: int
+    refilled: bool = False          # the store had lost what the record said it holds: all rewritten
+    until: str                      # ISO 8601, UTC
+    seconds: float = 0.0
+
+
+class StoreRecord(Record):
+    """Metadata of ``<state>/feast/materialized/<store>/<view>.parquet``, the keys and event times
+    last written to one online store. ``token`` is also written into the store itself: a record
+    whose token the store does not hold (file deleted, Redis flushed) is not trusted."""
+
+    format_version: Literal[1] = 1
+    view: str
+    store: str                      # the online store: 'sqlite' or the Redis URL without password
+    token: str
+    entities: int
+    written_at: str                 # ISO 8601, UTC
+
+
+FORMATS: dict[str, type[Record]] = {
+    "offline-manifest": OfflineManifest, "view-build-report": ViewBuildReport,
+    "materialize-report": MaterializeReport, "store-record": StoreRecord,
+}
