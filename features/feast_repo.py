@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from contextlib import contextmanager
 
 import pyarrow as pa
 import yaml
@@ -23,7 +24,7 @@ from millrace.contracts import storage
 from millrace.contracts.arrow import TIMESTAMP
 from millrace.contracts.errors import is_unreachable
 from millrace.contracts.project import Project
-from millrace.features.errors import StoreUnavailable
+from millrace.features.errors import CorruptTable, NothingBuilt, StoreUnavailable
 from millrace.features.offline import data_path
 from millrace.features.spec import Features, duration
 from millrace.features.stores import redis_connection_string, repo_dir, sqlite_path
@@ -130,8 +131,6 @@ def feature_store(project: Project):
     without a rebuild)."""
     from feast import FeatureStore
 
-    from millrace.features.errors import NothingBuilt
-
     path = os.path.join(repo_dir(project), "feature_store.yaml")
     if not os.path.exists(path):
         raise NothingBuilt(f"no Feast repository at {repo_dir(project)} (fix: run `millrace features build` first)")
@@ -155,17 +154,37 @@ def apply(project: Project, features: Features):
     """Write the repository and register its objects, as `feast apply` does."""
     write_repo(project, features)
     store = feature_store(project)
-    try:
+    with registry_errors(project):
         objects = definitions(project)
         views = {o.name for o in objects if type(o).__name__ == "FeatureView"}
         stale = [fv for fv in store.list_feature_views() if fv.name not in views]
         store.apply(objects, objects_to_delete=stale, partial=False)
+    return store
+
+
+def registry_path(project: Project) -> str:
+    return os.path.join(repo_dir(project), "registry.db") if project.registry == "file" else project.registry
+
+
+@contextmanager
+def registry_errors(project: Project):
+    """Feast registry and store failures as one line: unreachable (retryable), unreadable (the
+    file and the fix), or a view the registry does not know."""
+    try:
+        yield
     except Exception as exc:
+        name = type(exc).__name__
+        if name == "DecodeError":  # google.protobuf: the file registry is not a Registry message
+            raise CorruptTable(f"{registry_path(project)}: the Feast registry is unreadable ({_first_line(exc)}) "
+                               f"(fix: delete it and run `millrace features build`; it is regenerated from "
+                               f"features.yaml)") from None
+        if name == "FeatureViewNotFoundException":
+            raise NothingBuilt(f"{registry_path(project)}: {_first_line(exc)} "
+                               f"(fix: run `millrace features build`, which applies the Feast repository)") from None
         if is_unreachable(exc):
             raise StoreUnavailable(f"cannot reach the Feast registry/online store: {_first_line(exc)} "
                                    f"(fix: start the service or check feature_store in millrace.yaml)") from None
         raise
-    return store
 
 
 def _first_line(exc: Exception) -> str:

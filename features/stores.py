@@ -55,3 +55,68 @@ def redis_client(url: str, timeout: float = 5.0):
     return redis.Redis(host=parsed.hostname or "127.0.0.1", port=parsed.port or 6379, db=db,
                        password=parsed.password, ssl=parsed.scheme == "rediss",
                        socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+# -- the materialization marker: a token per view, written into the online store itself --------------
+# A store that lost its data (SQLite file deleted, Redis flushed, tables dropped) lost its marker too,
+# so materialization knows not to trust its own record of what the store holds.
+
+_SQLITE_MARKER = '"millrace.marker"'  # a dot: no feature view table can have this name
+
+
+def _marker_key(project: Project) -> str:
+    return f"millrace.marker:{project.name}"  # entity hashes start with b"\x01\x00\x00\x00": no clash
+
+
+def read_marker(project: Project, view: str) -> str | None:
+    """The token of the last materialization of ``view`` the store still holds, or None."""
+    if online_kind(project) == REDIS:
+        client = redis_client(project.online_store)
+        try:
+            token = client.hget(_marker_key(project), view)
+        finally:
+            client.close()
+        return token.decode() if token else None
+    import sqlite3
+
+    path = sqlite_path(project)
+    if not os.path.exists(path):
+        return None
+    con = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "millrace.marker" not in tables or f"{project.name}_{view}" not in tables:
+            return None
+        row = con.execute(f"SELECT token FROM {_SQLITE_MARKER} WHERE project=? AND view=?",
+                          (project.name, view)).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def write_marker(project: Project, view: str, token: str) -> None:
+    if online_kind(project) == REDIS:
+        client = redis_client(project.online_store)
+        try:
+            client.hset(_marker_key(project), view, token)
+        finally:
+            client.close()
+        return
+    import sqlite3
+
+    con = sqlite3.connect(sqlite_path(project))
+    try:
+        with con:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {_SQLITE_MARKER} (project TEXT, view TEXT, token TEXT, "
+                        f"PRIMARY KEY (project, view))")
+            con.execute(f"INSERT OR REPLACE INTO {_SQLITE_MARKER} VALUES (?, ?, ?)", (project.name, view, token))
+    finally:
+        con.close()
+
+
+def store_id(project: Project) -> str:
+    """The online store as a record names it: 'sqlite' or the Redis URL without its password."""
+    if online_kind(project) == SQLITE:
+        return SQLITE
+    parsed = urlparse(project.online_store)
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()

@@ -124,9 +124,11 @@ def test_redis_materialize_writes_every_entity(redis_env, redis_url, redis_clien
     assert config["online_store"]["type"] == "redis"
     assert config["online_store"]["connection_string"] == stores.redis_connection_string(redis_url)
     assert by_view(reports) == {v: len(all_keys(e, v)) for v in VIEWS}
-    # one Redis hash per entity key (a user, a movie), suffixed with the project name
-    assert len(_project_keys(redis_client, e.project.name)) == len(all_keys(e, "user_activity")) + len(
-        all_keys(e, "movie_metadata"))
+    # one Redis hash per entity key (a user, a movie), suffixed with the project name, and the marker
+    keys = _project_keys(redis_client, e.project.name)
+    entity_keys = [k for k in keys if not k.startswith(b"millrace.marker:")]
+    assert len(entity_keys) == len(all_keys(e, "user_activity")) + len(all_keys(e, "movie_metadata"))
+    assert set(keys) - set(entity_keys) == {f"millrace.marker:{e.project.name}".encode()}
 
 
 @pytest.mark.redis
