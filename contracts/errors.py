@@ -23,6 +23,8 @@ class ContractError(MillraceError):
     """A project file or contract is wrong. The message names the file, the field and the fix."""
 
     def __init__(self, file: str, field: str, problem: str, fix: str = ""):
+        # One line whatever the parts hold (a YAML error's own message spans lines).
+        field, problem, fix = (" ".join(str(part).split()) for part in (field, problem, fix))
         self.file, self.field, self.problem, self.fix = str(file), field, problem, fix
         message = f"{self.file}: {field}: {problem}"
         if fix:

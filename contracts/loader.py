@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from millrace.contracts import values
 from millrace.contracts.errors import ContractError
+from millrace.contracts.names import check_name
 from millrace.contracts.model import (
     GRANULARITIES,
     SUPPORTED_LOGICAL_TYPES,
@@ -50,30 +52,71 @@ def _path_of(error) -> str:
     return "".join(parts) or "(top level)"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what it would otherwise take silently or crash on: a key
+    given twice in one mapping (the last one wins without a word) and integers too long to convert."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key is a list or mapping",
+                                                        key_node.start_mark) from None
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:60]!r} appears twice",
+                                                        key_node.start_mark)
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(None, None, "an integer too long to read",
+                                                    node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_yaml_map)
+
+
 def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (None when it is empty), or one ContractError line."""
+    path = Path(path)
     if not path.exists():
         raise ContractError(path, "(file)", "does not exist", "check the path")
+    if not path.is_file():
+        raise ContractError(path, "(file)", "is not a file", "point at a YAML file, not a folder")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader)
     except UnicodeDecodeError:
         raise ContractError(path, "(file)", "is not UTF-8 text", "save the file as UTF-8") from None
+    except OSError as exc:
+        raise ContractError(path, "(file)", f"cannot be read: {exc.strerror or exc}", "check its permissions") from None
+    except RecursionError:
+        raise ContractError(path, "(yaml)", "is nested too deeply", "flatten the YAML") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(yaml)"
-        raise ContractError(path, where, f"invalid YAML: {getattr(exc, 'problem', exc)}",
+        raise ContractError(path, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
                             "fix the YAML syntax") from None
 
 
 def load_contract(path: str | Path) -> Contract:
     path = Path(path)
     data = read_yaml(path)
+    odcs = "write an ODCS v3 contract (apiVersion, kind, id, version, schema)"
+    if data is None:
+        raise ContractError(path, "(file)", "is empty", odcs)
     if not isinstance(data, dict):
-        raise ContractError(path, "(top level)", "is not a mapping", "write an ODCS v3 contract (apiVersion, kind, id, version, schema)")
-    errors = sorted(_odcs_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
+        raise ContractError(path, "(top level)", f"is {_shown(data)}, where a mapping belongs", odcs)
+    errors = list(_odcs_validator().iter_errors(data))
     if errors:
-        best = _best_error(errors)
-        raise ContractError(path, _path_of(best), best.message.splitlines()[0][:300],
-                            "follow the Open Data Contract Standard v3 schema")
+        where, problem = _schema_problem(errors)
+        raise ContractError(path, where, problem, "follow the Open Data Contract Standard v3 schema")
     from open_data_contract_standard.model import OpenDataContractStandard
     try:
         model = OpenDataContractStandard(**data)
@@ -84,11 +127,53 @@ def load_contract(path: str | Path) -> Contract:
     return _compile(path, model, data)
 
 
-def _best_error(errors):
-    # jsonschema reports one error per failed branch of oneOf/if-then; the deepest is the useful one.
-    import jsonschema
+def _leaves(errors):
+    for e in errors:
+        if e.context:
+            yield from _leaves(e.context)
+        else:
+            yield e
 
-    return jsonschema.exceptions.best_match(errors)
+
+def _schema_problem(errors) -> tuple[str, str]:
+    """The one schema error worth showing: the deepest leaf (a failed oneOf/anyOf reports each
+    branch; "unevaluated properties" is only the echo of a failed branch, so it comes last).
+    Sibling leaves at the same place are merged ("needs one of: mustBe, mustBeLessThan, ...")."""
+    leaves = list(_leaves(errors))
+    best = max(leaves, key=lambda e: (e.validator != "unevaluatedProperties", len(e.absolute_path),
+                                      e.validator == "type"))
+    where = _path_of(best)
+    same = [e for e in leaves if _path_of(e) == where and e.validator == best.validator]
+    if best.validator == "required" and len(same) > 1:
+        names = dict.fromkeys(", ".join(map(str, e.validator_value)) for e in same)
+        return where, f"needs one of: {', '.join(names)}"
+    if best.validator == "type":
+        kinds = dict.fromkeys(_JSON_KINDS.get(str(e.validator_value), str(e.validator_value)) for e in same)
+        return where, f"is {_shown(best.instance)}, where {' or '.join(kinds)} belongs"
+    if best.validator == "enum":
+        return where, f"{_shown(best.instance)} is not one of {best.validator_value}"[:300]
+    message = best.message
+    if message.startswith(repr(best.instance)):
+        message = _shown(best.instance) + message[len(repr(best.instance)):]
+    return where, " ".join(message.split())[:300]
+
+
+_JSON_KINDS = {"array": "a list", "object": "a mapping", "string": "text", "number": "a number",
+               "integer": "a whole number", "boolean": "true or false", "null": "nothing"}
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"the text {str(value)[:60]!r}"
 
 
 def _custom(props) -> dict[str, Any]:
@@ -125,40 +210,40 @@ def _compile(path: Path, model, data: dict) -> Contract:
                             "number the key fields 1, 2, ...")
 
     custom = _custom(obj.customProperties)
+    at = f"{where}.customProperties"
     event_time = custom.get("eventTime")
     if event_time is not None:
-        if event_time not in names:
-            raise ContractError(path, f"{where}.customProperties.eventTime", f"names unknown field '{event_time}'",
+        if not isinstance(event_time, str) or event_time not in names:
+            raise ContractError(path, f"{at}.eventTime", f"names unknown field {_shown(event_time)}",
                                 f"use one of {names}")
         if fields[names.index(event_time)].logical_type != "timestamp":
-            raise ContractError(path, f"{where}.customProperties.eventTime", f"field '{event_time}' is not a timestamp",
+            raise ContractError(path, f"{at}.eventTime", f"field '{event_time}' is not a timestamp",
                                 "point eventTime at a field with logicalType: timestamp")
     granularity = custom.get("partitionGranularity", "month" if event_time else "day")
-    if granularity not in GRANULARITIES:
-        raise ContractError(path, f"{where}.customProperties.partitionGranularity", f"'{granularity}' is not supported",
+    if not isinstance(granularity, str) or granularity not in GRANULARITIES:
+        raise ContractError(path, f"{at}.partitionGranularity", f"{_shown(granularity)} is not supported",
                             f"use one of {list(GRANULARITIES)}")
     partitioned = [p.name for p in obj.properties if p.partitioned]
     if partitioned and partitioned != [event_time]:
         raise ContractError(path, f"{where}.properties", f"partitioned fields {partitioned} differ from eventTime '{event_time}'",
                             "partition by the event-time field only (partitioned: true on it)")
-    partition_key = str(custom.get("partitionKey", granularity if event_time else "dt"))
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", partition_key) or partition_key in names:
-        raise ContractError(path, f"{where}.customProperties.partitionKey", f"'{partition_key}' is not a usable partition column",
+    partition_key = custom.get("partitionKey", granularity if event_time else "dt")
+    if not isinstance(partition_key, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", partition_key) \
+            or partition_key in names:
+        raise ContractError(path, f"{at}.partitionKey", f"{_shown(partition_key)} is not a usable partition column",
                             "use a lower_snake_case name that is not a field name")
     threshold = custom.get("quarantineThreshold", 0.05)
-    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ContractError(path, f"{where}.customProperties.quarantineThreshold", f"{threshold!r} is not a share in [0, 1]",
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ContractError(path, f"{at}.quarantineThreshold", f"{_shown(threshold)} is not a share in [0, 1]",
                             "write e.g. 0.05 for 5%")
     tolerance = custom.get("futureToleranceSeconds", 86400)
-    if not isinstance(tolerance, int) or tolerance < 0:
-        raise ContractError(path, f"{where}.customProperties.futureToleranceSeconds", f"{tolerance!r} is not a whole number of seconds",
-                            "write e.g. 86400")
+    tolerance = values.count(tolerance, path, f"{at}.futureToleranceSeconds", values.SECONDS_MAX)
     checks = list(_table_checks(path, f"{where}.quality", obj.quality, None))
     for i, p in enumerate(obj.properties):
         checks.extend(_table_checks(path, f"{where}.properties[{i}].quality", p.quality, p.name))
     return Contract(
         path=str(path), id=model.id, name=model.name or obj.name or path.stem, version=model.version,
-        object_name=obj.name or path.stem, fields=fields,
+        fields=fields,
         partitioning=Partitioning(key=partition_key, granularity=granularity, field=event_time),
         event_time=event_time, quarantine_threshold=float(threshold), future_tolerance_seconds=tolerance,
         table_checks=tuple(checks), raw=data,
@@ -168,44 +253,85 @@ def _compile(path: Path, model, data: dict) -> Contract:
 def _compile_field(path: Path, where: str, prop) -> Field:
     if not prop.name:
         raise ContractError(path, f"{where}.name", "is missing", "name every property")
+    # Field names become Arrow columns, feature names and Feast fields: the one name rule.
+    check_name(prop.name, path, f"{where}.name")
     where = f"{where} ({prop.name})"
     logical = prop.logicalType
     if logical not in SUPPORTED_LOGICAL_TYPES:
-        raise ContractError(path, f"{where}.logicalType", f"'{logical}' is not supported for ingestion",
+        raise ContractError(path, f"{where}.logicalType", f"{_shown(logical)} is not supported for ingestion",
                             f"use one of {list(SUPPORTED_LOGICAL_TYPES)}")
     if logical == "timestamp" and (prop.physicalType or "iso8601") not in TIMESTAMP_ENCODINGS:
         raise ContractError(path, f"{where}.physicalType", f"'{prop.physicalType}' is not a known timestamp encoding",
                             f"use one of {list(TIMESTAMP_ENCODINGS)}")
     opts = prop.logicalTypeOptions or {}
-    enum = tuple(e.value for e in (prop.enum or []))
+    at = f"{where}.logicalTypeOptions"
+    _unsupported_options(path, at, opts)
+    enum = tuple(values.enum_value(e.value, path, f"{where}.enum[{i}]", logical) for i, e in enumerate(prop.enum or []))
     pattern = opts.get("pattern")
-    for q in prop.quality or []:
+    pattern_at = f"{at}.pattern"
+    for i, q in enumerate(prop.quality or []):
         args = q.arguments or {}
-        if (q.metric or q.rule) == "invalidValues" and "validValues" in args:
-            enum = tuple(args["validValues"])
-        if (q.metric or q.rule) == "invalidValues" and "pattern" in args:
-            pattern = args["pattern"]
+        if (q.metric or q.rule) != "invalidValues":
+            continue
+        q_at = f"{where}.quality[{i}].arguments"
+        if "validValues" in args:
+            allowed = args["validValues"]
+            if not isinstance(allowed, list) or not allowed:
+                raise ContractError(path, f"{q_at}.validValues", f"is {_shown(allowed)}, where a list of values belongs",
+                                    "list the allowed values, e.g. [a, b]")
+            enum = tuple(values.enum_value(v, path, f"{q_at}.validValues[{j}]", logical) for j, v in enumerate(allowed))
+        if "pattern" in args:
+            pattern, pattern_at = args["pattern"], f"{q_at}.pattern"
     if pattern is not None:
+        if not isinstance(pattern, str):
+            raise ContractError(path, pattern_at, f"is {_shown(pattern)}, where a regular expression belongs",
+                                "write the pattern as quoted text")
+        if logical != "string":
+            raise ContractError(path, pattern_at, f"a pattern does not apply to {logical} fields",
+                                "remove it, or make the field a string")
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise ContractError(path, f"{where}.logicalTypeOptions.pattern", f"invalid regular expression: {exc}",
+            raise ContractError(path, pattern_at, f"invalid regular expression: {exc}",
                                 "write a valid regular expression") from None
-    lo, hi = opts.get("minimum"), opts.get("maximum")
+    bounds = {k: values.bound(opts.get(k), path, f"{at}.{k}", logical)
+              for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
+    lo, hi = bounds["minimum"], bounds["maximum"]
     if lo is not None and hi is not None and lo > hi:
-        raise ContractError(path, f"{where}.logicalTypeOptions", f"minimum {lo} is above maximum {hi}",
-                            "swap or correct the bounds")
+        raise ContractError(path, at, f"minimum {lo} is above maximum {hi}", "swap or correct the bounds")
+    lengths = {k: None if opts.get(k) is None else values.count(opts[k], path, f"{at}.{k}", values.LENGTH_MAX)
+               for k in ("minLength", "maxLength")}
+    if None not in lengths.values() and lengths["minLength"] > lengths["maxLength"]:
+        raise ContractError(path, at, f"minLength {lengths['minLength']} is above maxLength {lengths['maxLength']}",
+                            "swap or correct the lengths")
     if prop.primaryKey and prop.required is False:
         raise ContractError(path, f"{where}.required", "a primary key field cannot be optional", "set required: true")
+    position = None
+    if prop.primaryKey:
+        position = 1 if prop.primaryKeyPosition in (None, -1) else \
+            values.count(prop.primaryKeyPosition, path, f"{where}.primaryKeyPosition", 1000, minimum=1)
     return Field(
         name=prop.name, logical_type=logical, physical_type=prop.physicalType,
-        required=bool(prop.required or prop.primaryKey),
-        primary_key_position=(prop.primaryKeyPosition or 1) if prop.primaryKey else None,
-        minimum=lo, maximum=hi, exclusive_minimum=opts.get("exclusiveMinimum"),
-        exclusive_maximum=opts.get("exclusiveMaximum"), enum=enum, pattern=pattern,
-        min_length=opts.get("minLength"), max_length=opts.get("maxLength"),
+        required=bool(prop.required or prop.primaryKey), primary_key_position=position,
+        minimum=lo, maximum=hi, exclusive_minimum=bounds["exclusiveMinimum"],
+        exclusive_maximum=bounds["exclusiveMaximum"], enum=enum, pattern=pattern,
+        min_length=lengths["minLength"], max_length=lengths["maxLength"],
         description=prop.description or "",
     )
+
+
+def _unsupported_options(path: Path, at: str, opts: dict) -> None:
+    """Options ODCS allows that millrace would otherwise ignore: refusing them beats accepting rows they forbid."""
+    if "multipleOf" in opts:
+        raise ContractError(path, f"{at}.multipleOf", "is not enforced by millrace",
+                            "remove it, or list the allowed values with enum")
+    zone = opts.get("defaultTimezone")
+    if zone not in (None, "UTC", "Etc/UTC"):
+        raise ContractError(path, f"{at}.defaultTimezone", f"{_shown(zone)} is not supported (naive times are read as UTC)",
+                            "write the times with an offset, or remove defaultTimezone")
+
+
+_UPPER = ("mustBe", "mustBeLessThan", "mustBeLessOrEqualTo", "mustBeBetween")
 
 
 def _table_checks(path: Path, where: str, quality, column: str | None):
@@ -213,11 +339,31 @@ def _table_checks(path: Path, where: str, quality, column: str | None):
         metric = q.metric or q.rule
         if metric not in _TABLE_METRICS:
             continue  # invalidValues rules are row rules, compiled into the Field
+        at = f"{where}[{i}]"
         ops = [(op, getattr(q, op)) for op in _OPERATORS if getattr(q, op) is not None]
         if len(ops) != 1:
-            raise ContractError(path, f"{where}[{i}]", f"metric '{metric}' needs exactly one operator, got {len(ops)}",
+            raise ContractError(path, at, f"metric '{metric}' needs exactly one operator, got {len(ops)}",
                                 "add one of mustBe, mustBeGreaterThan, mustBeLessOrEqualTo, mustBeBetween, ...")
         if metric != "rowCount" and column is None:
-            raise ContractError(path, f"{where}[{i}]", f"metric '{metric}' belongs on a property", "move it under the property's quality")
-        yield TableCheck(metric=metric, column=column, operator=ops[0][0], value=ops[0][1], unit=q.unit,
+            raise ContractError(path, at, f"metric '{metric}' belongs on a property", "move it under the property's quality")
+        operator, value = ops[0]
+        if operator in ("mustNotBe", "mustNotBeBetween"):
+            raise ContractError(path, f"{at}.{operator}", "is not supported for dataset-level metrics",
+                                "state the allowed range with mustBe, mustBeGreaterThan, mustBeLessThan or mustBeBetween")
+        if metric != "rowCount" and operator not in _UPPER:
+            raise ContractError(path, f"{at}.{operator}", f"metric '{metric}' needs an upper bound",
+                                "use mustBe 0, mustBeLessThan or mustBeLessOrEqualTo")
+        if q.unit not in (None, "rows", "percent"):
+            raise ContractError(path, f"{at}.unit", f"{_shown(q.unit)} is not a unit millrace knows",
+                                "use rows or percent")
+        if isinstance(value, list):
+            value = [values.number(v, path, f"{at}.{operator}[{j}]", integer=metric == "rowCount")
+                     for j, v in enumerate(value)]
+            if value[0] > value[1]:
+                raise ContractError(path, f"{at}.{operator}", f"{value} is not [low, high]", "put the smaller number first")
+        else:
+            value = values.number(value, path, f"{at}.{operator}", integer=metric == "rowCount")
+        if q.unit == "percent" and not all(0 <= v <= 100 for v in (value if isinstance(value, list) else [value])):
+            raise ContractError(path, f"{at}.{operator}", f"{value} is not a percentage", "use a value from 0 to 100")
+        yield TableCheck(metric=metric, column=column, operator=operator, value=value, unit=q.unit,
                          blocking=(q.severity or "error").lower() not in _NON_BLOCKING, name=q.name or metric)

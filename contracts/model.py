@@ -65,7 +65,6 @@ class Contract:
     id: str
     name: str
     version: str
-    object_name: str
     fields: tuple[Field, ...]
     partitioning: Partitioning
     event_time: str | None

@@ -10,8 +10,9 @@ app = typer.Typer(no_args_is_help=True, help="Check and compare data contracts."
 
 @app.command("lint")
 def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check.")):
-    """Check ODCS contract files: schema, types, keys, rules, partitioning."""
-    from millrace.contracts.errors import ContractError
+    """Check ODCS contract files: schema, types, keys, rules, partitioning. Exit 2 when any is wrong
+    (one line per wrong file on stderr: file, field, problem, fix)."""
+    from millrace.contracts.errors import EXIT_BAD_INPUT, ContractError
     from millrace.contracts.loader import load_contract
 
     failed = 0
@@ -22,7 +23,7 @@ def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check."
         except ContractError as exc:
             failed += 1
             typer.echo(f"error {exc}", err=True)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(EXIT_BAD_INPUT if failed else 0)
 
 
 @app.command("diff")
