@@ -33,7 +33,12 @@ class Record(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            problem = "empty file" if not text.strip() else f"{where}: {first['msg']}"
+            if not text.strip():
+                problem = "empty file"
+            elif first["type"] == "json_invalid":
+                problem = "truncated or not JSON: " + first["msg"].removeprefix("Invalid JSON: ")
+            else:
+                problem = f"{where}: {first['msg']}"
             raise CorruptFile(file or cls.__name__, f"not a valid {cls.__name__} ({problem})") from None
 
     # Transitional read access by key, for callers not yet moved to attributes.

@@ -23,6 +23,9 @@ def ingest(
 
     Unknown options go to Beam, e.g. --runner=DirectRunner --direct_running_mode=multi_processing
     --direct_num_workers=2.
+
+    Exit 1: some partitions were rejected; 2: bad input (a landing entry that cannot be read, a corrupt
+    lake file); 75: another run is writing this source (the message names it), retry later.
     """
     from millrace.pipelines.summary import run_ingest_with_summary
 

@@ -84,6 +84,7 @@ def setup(tmp_path):
     return project, state, expected
 
 
+@pytest.mark.slow
 def test_ingest_while_another_writer_holds_the_lock_exits_75_in_one_line(setup):
     project, state, _ = setup
     holder = _holder(state)
@@ -101,6 +102,7 @@ def test_ingest_while_another_writer_holds_the_lock_exits_75_in_one_line(setup):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_two_ingests_of_one_range_lose_nothing(setup):
     """Both started at once over the same range: one may be refused (75, naming the other); the
     lake ends complete, with nothing deleted by the other run's cleanup."""
@@ -153,6 +155,7 @@ def _landed(tmp_path: Path, rows: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_readers_see_whole_commits_while_a_writer_replaces_the_partition(tmp_path):
     path = _landed(tmp_path, 3000)
     contract = load_contract(RATINGS)
@@ -161,7 +164,7 @@ def test_readers_see_whole_commits_while_a_writer_replaces_the_partition(tmp_pat
                         2**62, "w")
     write_partition(contract, "ratings", "2009-12", [first], where, "first")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(RATINGS), str(tmp_path), str(path),
-                               str(time.time() + 20)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               str(time.time() + 8)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reads, runs = 0, set()
     try:
         while writer.poll() is None:

@@ -59,7 +59,7 @@ def test_good_plus_quarantined_equals_input(kinds, blanks, fmt, crlf):
     decoded = decode_file(RATINGS, "ratings", LandingFile(LANDING.path + "." + fmt, LANDING.landing_date, LANDING.partition),
                           data, NOW_US, "run")
     records = [e for _, e in body if e != "blank"]
-    assert decoded.good.num_rows + decoded.quarantine.num_rows == len(records) == decoded.input["records"]
+    assert decoded.good.num_rows + decoded.quarantine.num_rows == len(records) == decoded.input.records
     assert decoded.good.num_rows == sum(e is None for e in records)
     q = decoded.quarantine.to_pydict()
     assert all(r is not None for r in q["reason"])

@@ -29,6 +29,7 @@ import pytest
 
 from millrace.contracts.project import load_project
 from millrace.pipelines import lake
+from millrace.pipelines.records import PartitionManifest
 from millrace.contracts.faults import INGEST_POINTS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
@@ -171,21 +172,21 @@ def killed(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 class Snapshot:
     rows: dict[str, list[tuple]]     # partition -> sorted rows, as readers see them
     quarantine: list[tuple]          # sorted (partition, file name, line, reason, field, payload)
-    manifests: dict[str, dict]       # partition -> committed manifest
+    manifests: dict[str, PartitionManifest]  # partition -> committed manifest
 
     def view(self, partitions=None) -> dict:
         """What must not depend on how the lake got there (no run ids, times or absolute paths),
         for all partitions or only the given ones."""
         keep = set(self.manifests if partitions is None else partitions)
-        stats = {p: (m["rows"], m["quarantine"]["rows"], m["quarantine"]["by_reason"], m["duplicates_resolved"],
-                     m["contract"]["version"], sorted(posixpath.basename(i["path"]) for i in m["inputs"]))
+        stats = {p: (m.rows, m.quarantine.rows, m.quarantine.by_reason, m.duplicates_resolved,
+                     m.contract.version, sorted(posixpath.basename(i.path) for i in m.inputs))
                  for p, m in self.manifests.items() if p in keep}
         return {"rows": {p: r for p, r in self.rows.items() if p in keep},
                 "quarantine": [q for q in self.quarantine if q[0] in keep], "stats": stats}
 
     @property
     def run_ids(self) -> dict[str, str]:
-        return {p: m["run_id"] for p, m in self.manifests.items()}
+        return {p: m.run_id for p, m in self.manifests.items()}
 
 
 def snapshot(project: Path, state: Path) -> Snapshot:
@@ -210,7 +211,7 @@ def snapshot(project: Path, state: Path) -> Snapshot:
                          r["payload"]) for r in q.to_pylist())
     manifests = {c.value: c.manifest for c in committed}
     for value, m in manifests.items():
-        assert m["rows"] == len(rows.get(value, [])), f"manifest of {value} disagrees with its data files"
+        assert m.rows == len(rows.get(value, [])), f"manifest of {value} disagrees with its data files"
     return Snapshot({p: sorted(r) for p, r in sorted(rows.items())}, quarantine, manifests)
 
 
@@ -225,12 +226,12 @@ def leftovers(state: Path, snap: Snapshot) -> dict[str, set[str]]:
             m = snap.manifests.get(folder.name.split("=", 1)[1]) if folder.name.startswith(f"{KEY}=") else None
             listed: set[str] = set()
             if m is not None and area == "lake":
-                listed = {f["name"] for f in m["files"]} | {lake.MANIFEST}
-                if m.get("expectations"):
-                    listed.add(m["expectations"]["results"])
+                listed = {f.name for f in m.files} | {lake.MANIFEST}
+                if m.expectations:
+                    listed.add(m.expectations.results)
             elif m is not None:
-                assert m["quarantine"]["directory"] == str(folder)
-                listed = set(m["quarantine"]["files"])
+                assert m.quarantine.directory == str(folder)
+                listed = set(m.quarantine.files)
             missing = listed - set(os.listdir(folder))
             assert not missing, f"{folder}: manifest lists missing files {missing}"
             extra = set(os.listdir(folder)) - listed
@@ -262,11 +263,12 @@ def clean(project, landing, tmp_path_factory) -> Snapshot:
     return snap
 
 
+@pytest.mark.slow
 def test_clean_run_commits_exactly_the_good_rows(clean, landing):
     expected = landing[1]
     assert sum(len(r) for r in clean.rows.values()) == 180
     assert len(clean.quarantine) == 8 == len(expected.quarantine)
-    assert {m: clean.manifests[m]["duplicates_resolved"] for m in MONTHS} == {"2015-01": 1, "2015-02": 0,
+    assert {m: clean.manifests[m].duplicates_resolved for m in MONTHS} == {"2015-01": 1, "2015-02": 0,
                                                                            "2015-03": 1}
     # The newer copy of a duplicated key is the one committed.
     assert (5, 1003, 1.5, _epoch(dt.date(2015, 1, 20), 5)) in clean.rows["2015-01"]
@@ -297,6 +299,7 @@ def test_every_fault_point_is_covered():
     assert {spec.split(":")[0] for spec, _, _ in KILLS} == set(INGEST_POINTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at, committed_at_death, uncommitted_output", KILLS, ids=[k[0] for k in KILLS])
 def test_kill_then_rerun_equals_one_clean_run(project, fresh_state, clean, kill_at, committed_at_death,
                                               uncommitted_output):
@@ -319,6 +322,7 @@ def _changed(before: Snapshot, after: Snapshot) -> set[str]:
     return {p for p, run in after.run_ids.items() if run != before.run_ids.get(p)}
 
 
+@pytest.mark.slow
 def test_kill_during_replacement_keeps_committed_partitions_readable(project, fresh_state, clean):
     """Runs that replace committed partitions (backfills) are killed part way, twice; readers see
     every partition whole throughout (the old commit or the new one), and a rerun cleans up."""
@@ -358,6 +362,7 @@ def test_kill_during_replacement_keeps_committed_partitions_readable(project, fr
     assert reruns.isdisjoint(set(first.run_ids.values()) | set(during.run_ids.values()) | set(again.run_ids.values()))
 
 
+@pytest.mark.slow
 def test_rerun_of_a_range_replaces_its_partitions_and_never_duplicates(project, fresh_state, clean):
     # Landing dates 2015-02-10..2015-03-05 touch February and March: both are built whole, January not at all.
     state = fresh_state()

@@ -143,6 +143,7 @@ def test_files_beside_date_folders_and_unknown_formats_are_reported(zone):
 
 # -- the run refuses to start, in one line --------------------------------------------------------
 
+@pytest.mark.slow
 def test_ingest_with_a_fifo_exits_2_with_one_line_and_ingests_nothing(project_dir, tmp_path):
     state = tmp_path / "state"
     folder = state / "landing" / "ratings" / "2009-12-14"

@@ -20,6 +20,8 @@ import pytest
 from millrace.contracts.project import load_project
 from millrace.pipelines import lake
 
+pytestmark = pytest.mark.slow  # Beam in two processes, the CLI in subprocesses
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
 SOURCE, KEY = "ratings", "month"
 ENV_OVERRIDES = ("MILLRACE_KILL_AT", "MILLRACE_PROJECT", "MILLRACE_STATE_DIR", "MILLRACE_LANDING_URI",
@@ -83,14 +85,14 @@ def read_lake(project: Path, state: Path) -> dict:
     stats = {}
     for c in committed:
         m = c.manifest
-        listed = {f["name"] for f in m["files"]} | {lake.MANIFEST}
-        if m.get("expectations"):
-            listed.add(m["expectations"]["results"])
+        listed = {f.name for f in m.files} | {lake.MANIFEST}
+        if m.expectations:
+            listed.add(m.expectations.results)
         assert set(os.listdir(c.directory)) == listed, f"stray or missing files in {c.directory}"
-        assert set(os.listdir(m["quarantine"]["directory"])) == set(m["quarantine"]["files"])
-        stats[c.value] = (m["rows"], m["quarantine"]["rows"], m["quarantine"]["by_reason"], m["duplicates_resolved"],
-                          sorted(posixpath.basename(i["path"]) for i in m["inputs"]),
-                          (m.get("expectations") or {}).get("success"))
+        assert set(os.listdir(m.quarantine.directory)) == set(m.quarantine.files)
+        stats[c.value] = (m.rows, m.quarantine.rows, m.quarantine.by_reason, m.duplicates_resolved,
+                          sorted(posixpath.basename(i.path) for i in m.inputs),
+                          (m.expectations.success if m.expectations else None))
     assert sorted(os.listdir(state / "lake" / SOURCE)) == [f"{KEY}={c.value}" for c in committed]
     return {"rows": {p: sorted(r) for p, r in rows.items()}, "quarantine": quarantine, "stats": stats}
 

@@ -45,7 +45,7 @@ def test_write_partitions_commits_and_resolves_duplicates(tmp_path):
                for i, d in enumerate((day1, day2))]
     with TestPipeline() as p:
         reports = (p | beam.Create([("2009-12", decoded)]) | WritePartitions(RATINGS, "ratings", where, "run")
-                   | beam.Map(lambda r: (r["partition"], r["status"], r["good"], r["by_reason"])))
+                   | beam.Map(lambda r: (r.partition, r.status, r.good, r.by_reason)))
         assert_that(reports, equal_to([("2009-12", COMMITTED, 2, {"duplicate_key": 1})]))
     table = lake.read_source(where.lake, "ratings", "month")
     assert sorted(zip(table["movieId"].to_pylist(), table["rating"].to_pylist())) == [(2, 2.0), (3, 4.0)]
@@ -70,12 +70,12 @@ def _decoded(tmp_path, text: str):
 def test_threshold_rejects_partition_and_keeps_previous_commit(tmp_path):
     where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
     good = _decoded(tmp_path, "1,2,4.0,1260759144\n")
-    assert write_partition(RATINGS, "ratings", "2009-12", [good], where, "run1")["status"] == COMMITTED
+    assert write_partition(RATINGS, "ratings", "2009-12", [good], where, "run1").status == COMMITTED
     bad = _decoded(tmp_path, "1,2,4.0,1260759144\n" + "1,2,9.0,1260759144\n" * 3)
     report = write_partition(RATINGS, "ratings", "2009-12", [bad], where, "run2")
-    assert report["status"] == REJECTED and "threshold" in report["problem"]
+    assert report.status == REJECTED and "threshold" in report.problem
     [committed] = lake.committed_partitions(where.lake, "ratings", "month")
-    assert committed.manifest["run_id"] == "run1"  # readers still see the last good commit
+    assert committed.manifest.run_id == "run1"  # readers still see the last good commit
     assert lake.read_partition(committed).num_rows == 1
 
 
@@ -89,17 +89,17 @@ def test_blocking_expectation_stops_commit_and_warning_does_not(tmp_path):
     where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
     decoded = _decoded(tmp_path, "1,2,4.0,1260759144\n")
     report = write_partition(strict, "ratings", "2009-12", [decoded], where, "run", SuiteRunner(strict))
-    assert report["status"] == REJECTED
-    assert "expect_table_row_count_to_be_between" in report["problem"]
+    assert report.status == REJECTED
+    assert "expect_table_row_count_to_be_between" in report.problem
     assert lake.committed_partitions(where.lake, "ratings", "month") == []
     warn_path = tmp_path / "warn.yaml"
     warn_path.write_text(text.replace("severity: error", "severity: warning"))
     warn = load_contract(warn_path)
     report = write_partition(warn, "ratings", "2009-12", [decoded], where, "run", SuiteRunner(warn))
-    assert report["status"] == COMMITTED
-    assert report["expectations"]["failed_warnings"] and not report["expectations"]["failed_blocking"]
+    assert report.status == COMMITTED
+    assert report.expectations.failed_warnings and not report.expectations.failed_blocking
     [c] = lake.committed_partitions(where.lake, "ratings", "month")
-    results = lake.read_bytes(lake.join(c.directory, c.manifest["expectations"]["results"]))
+    results = lake.read_bytes(lake.join(c.directory, c.manifest.expectations.results))
     assert b'"success": true' in results
     assert (tmp_path / "state" / "data_docs" / "ratings" / "month=2009-12.html").exists()
 
