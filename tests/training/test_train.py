@@ -154,3 +154,23 @@ def registry_flow(tiny):
     assert registry.alias_at(client, reg, registry.CHAMPION, before_second) == first.version
     assert registry.alias_at(client, reg, registry.CHAMPION, dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)) is None
     json.dumps([e.__dict__ for e in history])  # the log is plain data
+
+
+def test_a_champion_that_cannot_be_rescored_is_not_compared_unless_forced(tiny):
+    """v1's inputs no longer exist after a features change, so it cannot be scored on v2's holdout;
+    comparing its own-holdout metric with v2's would compare two different holdouts."""
+    client = _client(tiny)
+    reg = registry.registered_name(tiny.project, "stars")
+    first = tiny.train("stars")
+    assert first.promoted
+    tiny.models(lambda m: m["stars"].update(features=["user_activity:rating_mean_all"]))  # genre_list input gone
+    second = tiny.train("stars")
+    assert not second.promoted and "cannot be re-scored on this holdout" in second.verdict
+    assert "needs inputs ['movie_metadata__genre_list']" in second.verdict and "--force" in second.verdict
+    assert registry.alias_target(client, reg, registry.CHAMPION) == first.version
+    tags = client.get_run(second.run_id).data.tags
+    assert "from another holdout" in tags["millrace.gate.incomparable"] and "FAIL" in tags["millrace.gate"]
+    assert registry.get_version(client, reg, second.version).tags["millrace.gate"] == "failed"
+    forced = tiny.train("stars", force=True)
+    assert forced.promoted and "forced: champion v1 cannot be re-scored" in forced.verdict
+    assert registry.alias_target(client, reg, registry.CHAMPION) == forced.version
