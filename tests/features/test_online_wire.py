@@ -109,7 +109,7 @@ def _events() -> pa.Table:
                      "flag": None if maybe else rng.random() < 0.5,
                      "label": None if maybe or account == "nolabel" else rng.choice(["red-1", "blue", "green-x-2"]),
                      "seen_at": None if maybe else at - dt.timedelta(hours=rng.randint(0, 100), microseconds=17),
-                     "at": at})
+                     "day": None if maybe else at.date(), "at": at})
     return pa.Table.from_pylist(rows)
 
 

@@ -142,3 +142,16 @@ def test_the_generated_repo_holds_no_user_string_as_code(project_dir, tmp_path, 
     assert MALICIOUS in names
     assert {o.description for o in objects if o.name == "movie"} == {spec["entities"]["movie"]["description"]}
     assert not list(tmp_path.rglob("pwned"))
+
+
+def test_a_feature_of_a_type_the_online_store_cannot_hold(tmp_path):
+    from tests.features.test_online_wire import TYPED
+    import shutil
+
+    root = tmp_path / "typed"
+    shutil.copytree(TYPED, root)
+    spec = yaml.safe_load((root / "features.yaml").read_text())
+    spec["feature_views"]["user_typed"]["aggregations"].append({"name": "day_last", "function": "last", "column": "day"})
+    path, message = _error(root, spec)
+    _assert_one_line(path, message, "feature_views.user_typed.aggregations[4] (day_last)")
+    assert "date32" in message and "cannot hold" in message
