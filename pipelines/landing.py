@@ -89,8 +89,7 @@ def _scan_local(zone: str, root: str, contract: Contract, latest: dt.date, out: 
         if problem:
             continue
         if kind != "dir":
-            out.problems.append(LandingProblem(path=_show(path), problem=f"{kind} directly in the source folder",
-                                               fix="move it into a YYYY-MM-DD folder"))
+            _report(out, path, f"{kind} directly in the source folder", "move it into a YYYY-MM-DD folder")
             continue
         bad_date = _bad_name(name) or _date_problem(name, latest)
         for file_name, file_path in _entries(path):
@@ -100,25 +99,25 @@ def _scan_local(zone: str, root: str, contract: Contract, latest: dt.date, out: 
             if problem:
                 continue
             if bad_date:
-                out.problems.append(LandingProblem(path=_show(file_path), problem=f"in a folder that is {bad_date}",
-                                                   fix="move it into a folder named by its landing date, YYYY-MM-DD"))
+                _report(out, file_path, f"in a folder that is {bad_date}",
+                        "move it into a folder named by its landing date, YYYY-MM-DD")
             elif file_kind == "dir":
-                out.problems.append(LandingProblem(path=_show(file_path), problem="a folder inside a landing date folder",
-                                                   fix="move its files up into the date folder"))
+                _report(out, file_path, "a folder inside a landing date folder", "move its files up into the date folder")
             elif file_kind != "file":
-                out.problems.append(LandingProblem(path=_show(file_path), problem=f"a {file_kind}, not a regular file",
-                                                   fix="land regular files only"))
+                _report(out, file_path, f"a {file_kind}, not a regular file", "land regular files only")
             elif _bad_name(file_name) or format_of(file_name) is None:
-                out.problems.append(LandingProblem(
-                    path=_show(file_path), problem=_bad_name(file_name) or "unknown file format",
-                    fix=f"rename it (UTF-8, one of {_KNOWN}), or prefix it with '_' to keep it out"))
+                _report(out, file_path, _bad_name(file_name) or "unknown file format",
+                        f"rename it (UTF-8, one of {_KNOWN}), or prefix it with '_' to keep it out")
             else:
                 st = os.stat(file_path)
                 out.files.append(LandingFile(file_path, name, partition_of_date(contract, name), st.st_size,
                                              st.st_mtime))
         if bad_date and not any(p.path.startswith(_show(path) + "/") for p in out.problems):
-            out.problems.append(LandingProblem(path=_show(path), problem=f"folder name: {bad_date}",
-                                               fix="rename it to its landing date, YYYY-MM-DD, or remove it"))
+            _report(out, path, f"folder name: {bad_date}", "rename it to its landing date, YYYY-MM-DD, or remove it")
+
+
+def _report(out: LandingScan, path: str, problem: str, fix: str) -> None:
+    out.problems.append(LandingProblem(path=_show(path), problem=problem, fix=fix))
 
 
 def _entries(directory: str) -> list[tuple[str, str]]:
@@ -138,12 +137,11 @@ def _kind(path: str, zone_real: str, out: LandingScan) -> tuple[str, bool]:
     if stat.S_ISLNK(info.st_mode):
         target = os.path.realpath(path)
         if not os.path.exists(target):
-            out.problems.append(LandingProblem(path=_show(path), problem="a dangling symlink",
-                                               fix="remove it, or point it at a file inside the landing zone"))
+            _report(out, path, "a dangling symlink", "remove it, or point it at a file inside the landing zone")
             return "", True
         if target != zone_real and not target.startswith(zone_real + os.sep):
-            out.problems.append(LandingProblem(path=_show(path), problem=f"a symlink to {_show(target)}, outside the "
-                                               "landing zone", fix="copy the data into the landing zone instead"))
+            _report(out, path, f"a symlink to {_show(target)}, outside the landing zone",
+                    "copy the data into the landing zone instead")
             return "", True
         info = os.stat(path)
     mode = info.st_mode

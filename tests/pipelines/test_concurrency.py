@@ -147,22 +147,23 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def _landed(tmp_path: Path, rows: int) -> Path:
+def _committed(tmp_path: Path, rows: int, run_id: str):
+    """One landing file of ``rows`` good rows and one bad one, committed as 2009-12 by ``run_id``."""
     path = tmp_path / "landing" / "2009-12-14" / "r.csv"
     path.parent.mkdir(parents=True)
     path.write_text(HEADER + "".join(f"{u},{u % 97 + 1},4.0,1260759144\n" for u in range(1, rows + 1))
                     + "1,x,4.0,1260759144\n")
-    return path
+    contract = load_contract(RATINGS)
+    where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
+    decoded = decode_file(contract, "ratings", LandingFile(str(path), "2009-12-14", "2009-12"), path.read_bytes(),
+                          2**62, "w")
+    write_partition(contract, "ratings", "2009-12", [decoded], where, run_id)
+    return path, contract, where, decoded
 
 
 @pytest.mark.slow
 def test_readers_see_whole_commits_while_a_writer_replaces_the_partition(tmp_path):
-    path = _landed(tmp_path, 3000)
-    contract = load_contract(RATINGS)
-    where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
-    first = decode_file(contract, "ratings", LandingFile(str(path), "2009-12-14", "2009-12"), path.read_bytes(),
-                        2**62, "w")
-    write_partition(contract, "ratings", "2009-12", [first], where, "first")
+    path, _, where, _ = _committed(tmp_path, 3000, "first")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(RATINGS), str(tmp_path), str(path),
                                str(time.time() + 8)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reads, runs = 0, set()
@@ -183,12 +184,7 @@ def test_readers_see_whole_commits_while_a_writer_replaces_the_partition(tmp_pat
 
 
 def test_a_reader_whose_files_are_replaced_mid_read_retries_at_the_new_manifest(tmp_path, monkeypatch):
-    path = _landed(tmp_path, 100)
-    contract = load_contract(RATINGS)
-    where = Locations(str(tmp_path / "lake"), str(tmp_path / "q"), str(tmp_path / "state"))
-    decoded = decode_file(contract, "ratings", LandingFile(str(path), "2009-12-14", "2009-12"), path.read_bytes(),
-                          2**62, "w")
-    write_partition(contract, "ratings", "2009-12", [decoded], where, "old")
+    _, contract, where, decoded = _committed(tmp_path, 100, "old")
     [old] = lake.committed_partitions(where.lake, "ratings", "month")
     real_read = lake.read_bytes
     state = {"replaced": False}
