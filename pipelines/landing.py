@@ -82,22 +82,12 @@ def _date_problem(name: str, latest: dt.date) -> str | None:
 
 def _scan_local(zone: str, root: str, contract: Contract, latest: dt.date, out: LandingScan) -> None:
     zone_real = os.path.realpath(zone)
-    for name, path in _entries(root):
-        if _ignored(name):
-            continue
-        kind, problem = _kind(path, zone_real, out)
-        if problem:
-            continue
+    for name, path, kind in _followed(root, zone_real, out):
         if kind != "dir":
             _report(out, path, f"{kind} directly in the source folder", "move it into a YYYY-MM-DD folder")
             continue
         bad_date = _bad_name(name) or _date_problem(name, latest)
-        for file_name, file_path in _entries(path):
-            if _ignored(file_name):
-                continue
-            file_kind, problem = _kind(file_path, zone_real, out)
-            if problem:
-                continue
+        for file_name, file_path, file_kind in _followed(path, zone_real, out):
             if bad_date:
                 _report(out, file_path, f"in a folder that is {bad_date}",
                         "move it into a folder named by its landing date, YYYY-MM-DD")
@@ -114,6 +104,16 @@ def _scan_local(zone: str, root: str, contract: Contract, latest: dt.date, out: 
                                              st.st_mtime))
         if bad_date and not any(p.path.startswith(_show(path) + "/") for p in out.problems):
             _report(out, path, f"folder name: {bad_date}", "rename it to its landing date, YYYY-MM-DD, or remove it")
+
+
+def _followed(directory: str, zone_real: str, out: LandingScan):
+    """(name, path, kind) of the entries not ignored by name, symlinks followed where allowed."""
+    for name, path in _entries(directory):
+        if _ignored(name):
+            continue
+        kind, refused = _kind(path, zone_real, out)
+        if not refused:
+            yield name, path, kind
 
 
 def _report(out: LandingScan, path: str, problem: str, fix: str) -> None:
