@@ -55,3 +55,22 @@ def test_unreachable_store_is_one_clear_error(tiny, monkeypatch):
     with pytest.raises(RegistryUnavailable, match="cannot reach the MLflow store") as exc:
         registry.connect(tiny.project)
     assert "\n" not in str(exc.value)
+
+
+def test_unreachable_is_retryable_and_a_bad_uri_is_not(project_dir, monkeypatch):
+    """Which one is decided by contracts.errors.is_unreachable, the one check for every store."""
+    from millrace.contracts.errors import EXIT_BAD_INPUT, EXIT_RETRYABLE, exit_code
+    from millrace.contracts.project import load_project
+    from millrace.training import registry
+    from millrace.training.errors import RegistryError, RegistryUnavailable
+
+    project = load_project(project_dir)
+    monkeypatch.setenv("MILLRACE_MLFLOW_URI", "postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(RegistryUnavailable) as down:
+        registry.connect(project)
+    assert exit_code(down.value) == EXIT_RETRYABLE
+    monkeypatch.setenv("MILLRACE_MLFLOW_URI", "nosuchscheme://somewhere/db")
+    with pytest.raises(RegistryError) as bad:
+        registry.connect(project)
+    assert not isinstance(bad.value, RegistryUnavailable) and exit_code(bad.value) == EXIT_BAD_INPUT
+    assert "cannot use the MLflow store" in str(bad.value) and "\n" not in str(bad.value)
