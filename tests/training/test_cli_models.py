@@ -2,8 +2,6 @@
 (no training): champion at a date, rollback, reconciliation before any answer."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -12,6 +10,7 @@ from millrace.contracts.project import load_project
 from millrace.training import registry
 from millrace.training.errors import NothingToRollBackTo
 from tests.training.conftest import TINY_MODELS
+from tests.training.test_registry import leave_intent
 
 
 @pytest.fixture
@@ -67,8 +66,7 @@ def test_models_commands_reconcile_an_interrupted_move_first(cli):
     client, name, version, invoke = cli
     v1, v2 = version("passed", 0.7), version("passed", 0.8)
     registry.move_alias(client, name, registry.CHAMPION, v1, "gate passed")
-    intent = registry.AliasEvent(9, registry.CHAMPION, v2, v1, "tester", "2026-12-01T00:00:00+00:00", "gate passed: y")
-    client.set_registered_model_tag(name, registry.PENDING_PREFIX + registry.CHAMPION, json.dumps(intent.__dict__))
+    leave_intent(client, name, v2, v1, "gate passed: y")
     client.set_registered_model_alias(name, registry.CHAMPION, v2)  # then the process was killed
     out = invoke("models", "show", "likes", "--at", "2999-01-01")
     assert out.stdout.strip().endswith(f": {v2}"), out.stdout

@@ -51,6 +51,13 @@ def _version(store: Store, gate="passed") -> str:
     return str(mv.version)
 
 
+def leave_intent(client, name: str, version: str, previous: str, why: str) -> registry.AliasEvent:
+    """The intent tag a process writes just before it moves ``champion`` (see registry.move_alias)."""
+    intent = registry.AliasEvent(99, registry.CHAMPION, version, previous, "tester", "2026-12-01T00:00:00+00:00", why)
+    client.set_registered_model_tag(name, registry.PENDING_PREFIX + registry.CHAMPION, json.dumps(intent.__dict__))
+    return intent
+
+
 def _champion_log(store: Store):
     return [e.version for e in registry.history(store.client, store.name) if e.alias == registry.CHAMPION]
 
@@ -95,8 +102,7 @@ def test_reconcile_finishes_a_move_killed_before_its_log_entry(store):
     v1, v2 = _version(store), _version(store)
     registry.move_alias(client, name, registry.CHAMPION, v1, "gate passed")
     # what a process killed at after_alias_move leaves: the intent, the alias moved, no log entry
-    intent = registry.AliasEvent(2, registry.CHAMPION, v2, v1, "tester", "2026-12-01T00:00:00+00:00", "gate passed: x")
-    client.set_registered_model_tag(name, registry.PENDING_PREFIX + registry.CHAMPION, json.dumps(intent.__dict__))
+    intent = leave_intent(client, name, v2, v1, "gate passed: x")
     client.set_registered_model_alias(name, registry.CHAMPION, v2)
     assert _champion_log(store) == [v1]  # the inconsistency: the log says v1, the alias v2
     written = registry.reconcile(client, name)
@@ -110,8 +116,7 @@ def test_reconcile_drops_a_move_that_never_happened_and_logs_one_made_outside(st
     client, name = store.client, store.name
     v1, v2 = _version(store), _version(store)
     registry.move_alias(client, name, registry.CHAMPION, v1, "gate passed")
-    intent = registry.AliasEvent(2, registry.CHAMPION, v2, v1, "tester", "2026-12-01T00:00:00+00:00", "never moved")
-    client.set_registered_model_tag(name, registry.PENDING_PREFIX + registry.CHAMPION, json.dumps(intent.__dict__))
+    leave_intent(client, name, v2, v1, "never moved")
     assert registry.reconcile(client, name) == [] and _champion_log(store) == [v1]
     client.set_registered_model_alias(name, registry.CHALLENGER, v2)  # e.g. in the MLflow UI
     written = registry.reconcile(client, name)
