@@ -12,8 +12,3 @@ BAD_LENGTH = "bad_length"                  # text shorter than minLength or long
 FUTURE_EVENT_TIME = "future_event_time"    # event time later than the run time plus the contract's tolerance
 LATE_EVENT = "late_event"                  # event time outside the partition of the landing folder it came in
 DUPLICATE_KEY = "duplicate_key"            # an older row with the same key in the same partition (the latest wins)
-
-ALL = (
-    MALFORMED_RECORD, BAD_ENCODING, MISSING_COLUMN, TYPE_MISMATCH, MISSING_REQUIRED, OUT_OF_RANGE,
-    NOT_IN_ENUM, PATTERN_MISMATCH, BAD_LENGTH, FUTURE_EVENT_TIME, LATE_EVENT, DUPLICATE_KEY,
-)
