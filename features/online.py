@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import lru_cache
 
 import pyarrow as pa
 
@@ -73,12 +74,17 @@ class OnlineReader:
         path = stores.sqlite_path(self.project)
         table = f"{self.project.name}_{view}"
         with self._lock:
-            if self._sqlite is None:
-                if not os.path.exists(path):
-                    raise NothingBuilt(f"{path}: the online store does not exist "
-                                       f"(fix: run `millrace features materialize`)")
-                self._sqlite = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-            con = self._sqlite
+            try:
+                inode = os.stat(path).st_ino
+            except FileNotFoundError:
+                raise NothingBuilt(f"{path}: the online store does not exist "
+                                   f"(fix: run `millrace features materialize`)") from None
+            if self._sqlite is None or self._sqlite[0] != inode:  # a new file (refilled store): reopen
+                if self._sqlite is not None:
+                    self._sqlite[1].close()
+                self._sqlite = (inode, sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+                self._tables = set()
+            con = self._sqlite[1]
             if table not in self._tables:
                 found = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
                 if not found:
@@ -102,17 +108,24 @@ class OnlineReader:
     def _read_redis(self, view: str, keys: list[bytes | None], names: list[str]) -> list[list | None]:
         if self._redis is None:
             self._redis = stores.redis_client(self.project.online_store)
-        fields = [wire.redis_field(view, n) for n in names]
+        fields = [_field(view, n) for n in names]
         suffix = self.project.name.encode("utf-8")
         wanted = [k for k in keys if k is not None]
         replies: list = []
-        for start in range(0, len(wanted), _CHUNK):
+        if len(wanted) == 1:  # one entity: one round trip without a pipeline's overhead
+            replies = [self._redis.hmget(wanted[0] + suffix, fields)]
+        for start in range(0, len(wanted) if len(wanted) > 1 else 0, _CHUNK):
             with self._redis.pipeline(transaction=False) as pipe:
                 for key in wanted[start:start + _CHUNK]:
                     pipe.hmget(key + suffix, fields)
                 replies += pipe.execute()
         it = iter(replies)
         return [next(it) if k is not None else None for k in keys]
+
+
+@lru_cache(maxsize=4096)
+def _field(view: str, feature: str) -> bytes:
+    return wire.redis_field(view, feature)  # pure-Python murmur3: once per feature, not per read
 
 
 def _column(view: str, name: str, dtype: pa.DataType, raw: list[bytes | None]) -> pa.Array:

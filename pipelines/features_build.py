@@ -32,10 +32,8 @@ def source_rows(project: Project, source: str, until: dt.date | None = None) -> 
     """Committed rows of a source (events up to the end of ``until``) and the partitions read."""
     contract = project.contract(source)
     key = contract.partitioning.key
-    parts = lake.committed_partitions(project.lake, source, key)
     tables, inputs = [], []
-    for part in parts:
-        t = lake.read_partition(part)
+    for part, t in lake.snapshot(project.lake, source, key):  # rows and manifest of one commit each
         tables.append(t.append_column(key, pa.repeat(pa.scalar(part.value), t.num_rows)))
         inputs.append(LakeInput(partition=f"{key}={part.value}", run_id=part.manifest.run_id,
                                 contract_version=part.manifest.contract.version, rows=part.manifest.rows))

@@ -13,17 +13,17 @@ import pytest
 
 from millrace.contracts.errors import EXIT_BAD_INPUT
 from millrace.features import feast_repo, offline, stores
-from millrace.features.errors import CorruptTable
+from millrace.features.errors import CorruptTable, NothingBuilt
 from millrace.features.materialize import materialize
 from millrace.features.training_set import training_set
-from tests.features.test_online_wire import _assert_same_reads, _typed
+from tests.features.typed_state import assert_same_reads, typed_state
 
 VIEW, OTHER = "account_typed", "user_typed"
 
 
 @pytest.fixture
 def typed(tmp_path, monkeypatch):
-    return _typed(tmp_path, monkeypatch)
+    return typed_state(tmp_path, monkeypatch)
 
 
 def _data(project, view=VIEW) -> Path:
@@ -109,16 +109,23 @@ def test_the_cli_says_it_in_one_line_with_exit_2(typed, tmp_path):
 def _refill_and_check(project, features) -> None:
     reports = materialize(project, features)
     assert all(r.refilled and r.written == r.entities > 0 for r in reports), reports
-    _assert_same_reads(project, features, feast_repo.feature_store(project))
+    assert_same_reads(project, features, feast_repo.feature_store(project))
     again = materialize(project, features)
     assert [r.written for r in again] == [0, 0] and not any(r.refilled for r in again), again
 
 
 def test_a_deleted_sqlite_store_is_refilled(typed):
+    from millrace.features.online import OnlineReader
+
     project, features, _ = typed
+    reader = OnlineReader(project, features)  # a serving process that stays up throughout
+    before = reader.read(VIEW, ["a1", "zoë"]).to_pylist()
     assert [r.written for r in materialize(project, features)] == [0, 0]  # the record is trusted...
     os.remove(stores.sqlite_path(project))
+    with pytest.raises(NothingBuilt, match="does not exist"):
+        reader.read(VIEW, ["a1"])
     _refill_and_check(project, features)  # ...until the store it describes is gone
+    assert reader.read(VIEW, ["a1", "zoë"]).to_pylist() == before  # it reads the new file
 
 
 def test_a_dropped_view_table_is_refilled(typed):
@@ -132,34 +139,15 @@ def test_a_dropped_view_table_is_refilled(typed):
     reports = {r.view: r for r in materialize(project, features)}
     assert reports[VIEW].refilled and reports[VIEW].written == reports[VIEW].entities
     assert not reports[OTHER].refilled and reports[OTHER].written == 0
-    _assert_same_reads(project, features, feast_repo.feature_store(project))
+    assert_same_reads(project, features, feast_repo.feature_store(project))
 
 
 @pytest.mark.redis
-def test_a_flushed_redis_store_is_refilled(tmp_path, monkeypatch):
+def test_a_flushed_redis_store_is_refilled(typed_redis):
     """Flushing is simulated on this project's keys only (the test Redis is shared): every key a
     FLUSHDB would remove for it, the marker included."""
-    from tests.features.test_online_wire import urlparse_path
-    from tests.features.test_store_services import REDIS_URL, _unavailable
-
-    import redis
-
-    url = REDIS_URL if urlparse_path(REDIS_URL) else REDIS_URL.rstrip("/") + "/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001
-        _unavailable("Redis", url, exc)
-    project = None
-    try:
-        project, features, _ = _typed(tmp_path, monkeypatch, MILLRACE_ONLINE_STORE=url)
-        keys = list(client.scan_iter(match=b"*" + project.name.encode(), count=1000))
-        assert len(keys) > 1
-        client.delete(*keys)
-        _refill_and_check(project, features)
-    finally:
-        if project is not None:
-            keys = list(client.scan_iter(match=b"*" + project.name.encode(), count=1000))
-            if keys:
-                client.delete(*keys)
-        client.close()
+    project, features, _, client = typed_redis
+    keys = list(client.scan_iter(match=b"*" + project.name.encode(), count=1000))
+    assert len(keys) > 1
+    client.delete(*keys)
+    _refill_and_check(project, features)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.features.test_online_wire import _typed
+from tests.features.typed_state import typed_state
 
 FORBIDDEN = ("feast", "apache_beam", "torch", "mlflow")
 
@@ -20,7 +20,7 @@ def _run(code: str) -> dict:
 
 
 def test_import_and_read_load_no_heavy_package(tmp_path, monkeypatch):
-    project, _, _ = _typed(tmp_path, monkeypatch)
+    project, _, _ = typed_state(tmp_path, monkeypatch)
     got = _run(f"""
         import json, sys, time
         t = time.perf_counter()

@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import re
-import secrets
-import shutil
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from millrace.contracts.arrow import TIMESTAMP, arrow_schema
-from millrace.contracts.project import load_project
-from millrace.features import feast_repo, offline, stores, wire
-from millrace.features.compute import compute_view
-from millrace.features.materialize import materialize
+from millrace.contracts.arrow import TIMESTAMP
+from millrace.features import stores, wire
 from millrace.features.online import OnlineReader
-from millrace.features.spec import load_features
+from tests.features.typed_state import ACCOUNTS, USERS, assert_same_reads, feast_rows, typed_state
 
-TYPED = Path(__file__).parent / "typed"
 UTC = dt.timezone.utc
-ACCOUNTS = ["a1", "zoë", "with space", "x-y", "nolabel"]
-USERS = [1, 2, 3, 2 ** 40, 7]
 
 
 # -- encodings against Feast's own functions ---------------------------------------------------------
@@ -96,68 +86,11 @@ def test_a_value_of_an_unknown_type_is_an_error_not_a_null():
 
 # -- written by Feast, read by us and by Feast --------------------------------------------------------
 
-def _events() -> pa.Table:
-    rng = random.Random(11)
-    rows = []
-    base = dt.datetime(2021, 3, 1, tzinfo=UTC)
-    for i in range(80):
-        account = ACCOUNTS[i % len(ACCOUNTS)]
-        at = base + dt.timedelta(days=rng.randint(0, 20), seconds=rng.randint(0, 86399), microseconds=rng.randint(0, 999))
-        maybe = rng.random() < 0.25  # nulls in every optional column
-        rows.append({"account": account, "user": USERS[i % len(USERS)],
-                     "amount": None if maybe else round(rng.uniform(-5, 50), 3),
-                     "flag": None if maybe else rng.random() < 0.5,
-                     "label": None if maybe or account == "nolabel" else rng.choice(["red-1", "blue", "green-x-2"]),
-                     "seen_at": None if maybe else at - dt.timedelta(hours=rng.randint(0, 100), microseconds=17),
-                     "day": None if maybe else at.date(), "at": at})
-    return pa.Table.from_pylist(rows)
-
-
-def _typed(tmp: Path, monkeypatch, **env: str):
-    root = tmp / "project"
-    shutil.copytree(TYPED, root)
-    name = f"typed_{secrets.token_hex(4)}"
-    path = root / "millrace.yaml"
-    path.write_text(re.sub(r"(?m)^name: .*$", f"name: {name}", path.read_text()))
-    monkeypatch.setenv("MILLRACE_STATE_DIR", str(tmp / "state"))
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    project = load_project(root)
-    features = load_features(project)
-    events = _events().cast(arrow_schema(project.contract("events")).remove_metadata())
-    created = dt.datetime(2021, 4, 1, tzinfo=UTC)
-    for view_name, view in features.views.items():
-        table = compute_view(view, features.join_key(view_name), "at", events, None, features.types[view_name], created)
-        offline.write_view(project.offline, view_name, table, {}, "r1")
-    store = feast_repo.apply(project, features)
-    materialize(project, features, store=store)
-    return project, features, store
-
-
-def _feast_rows(store, features, view: str, keys: list) -> list[dict]:
-    key = features.join_key(view)
-    names = features.feature_names(view)
-    got = store.get_online_features(features=[f"{view}:{n}" for n in names],
-                                    entity_rows=[{key: k} for k in keys]).to_dict()
-    return [{key: got[key][i], **{n: got[n][i] for n in names}} for i in range(len(keys))]
-
-
-def _assert_same_reads(project, features, store) -> None:
-    reader = OnlineReader(project, features)
-    for view, keys in (("account_typed", ACCOUNTS + ["nobody"]), ("user_typed", USERS + [424242])):
-        ours = reader.read(view, keys).to_pylist()
-        assert ours == _feast_rows(store, features, view, keys), view
-        assert all(v is not None for v in ours[0].values()), ours[0]  # real values, not only nulls
-        assert ours[-1] == {features.join_key(view): keys[-1], **{n: None for n in features.feature_names(view)}}
-    nulls = reader.read("account_typed", ["nolabel"]).to_pylist()[0]
-    assert nulls["label_last"] is None and nulls["labels"] == [] and nulls["events_all"] > 0
-
-
 def test_sqlite_written_by_feast_read_by_us_equals_feast(tmp_path, monkeypatch):
     import sqlite3
 
-    project, features, store = _typed(tmp_path, monkeypatch)
-    _assert_same_reads(project, features, store)
+    project, features, store = typed_state(tmp_path, monkeypatch)
+    assert_same_reads(project, features, store)
     con = sqlite3.connect(stores.sqlite_path(project))
     stored = {r[0] for r in con.execute(f'SELECT entity_key FROM "{project.name}_account_typed"')}
     assert stored == {wire.entity_key("account", a, wire.STRING) for a in ACCOUNTS}
@@ -167,48 +100,24 @@ def test_sqlite_written_by_feast_read_by_us_equals_feast(tmp_path, monkeypatch):
 
 
 def test_feature_subset_order_and_duplicate_keys(tmp_path, monkeypatch):
-    project, features, store = _typed(tmp_path, monkeypatch)
+    project, features, store = typed_state(tmp_path, monkeypatch)
     keys = ["zoë", "a1", "zoë", None]
     got = OnlineReader(project, features).read("account_typed", pa.array(keys), ["seen", "flag_last"])
     assert got.column_names == ["account", "seen", "flag_last"]
     assert got.schema.field("seen").type == pa.list_(TIMESTAMP)
-    full = _feast_rows(store, features, "account_typed", ["zoë", "a1"])
+    full = feast_rows(store, features, "account_typed", ["zoë", "a1"])
     assert got.to_pylist()[:3] == [{k: full[i][k] for k in got.column_names} for i in (0, 1, 0)]
     assert got.to_pylist()[3] == {"account": None, "seen": None, "flag_last": None}
 
 
 @pytest.mark.redis
-def test_redis_written_by_feast_read_by_us_equals_feast(tmp_path, monkeypatch):
-    from tests.features.test_store_services import REDIS_URL, _unavailable
-
-    import redis
-
-    url = REDIS_URL if urlparse_path(REDIS_URL) else REDIS_URL.rstrip("/") + "/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001
-        _unavailable("Redis", url, exc)
-    project = None
-    try:
-        project, features, store = _typed(tmp_path, monkeypatch, MILLRACE_ONLINE_STORE=url)
-        _assert_same_reads(project, features, store)
-        suffix = project.name.encode()
-        keys = set(client.scan_iter(match=b"*" + suffix, count=1000)) - {b"millrace.marker:" + suffix}
-        assert keys == {wire.entity_key("account", a, wire.STRING) + suffix for a in ACCOUNTS} | {
-            wire.entity_key("user", u, wire.INT64) + suffix for u in USERS}
-        fields = set(client.hkeys(wire.entity_key("account", "a1", wire.STRING) + suffix))
-        assert fields == {wire.redis_field("account_typed", n) for n in features.feature_names("account_typed")} | {
-            b"_ts:account_typed"}
-    finally:
-        if project is not None:
-            found = list(client.scan_iter(match=b"*" + project.name.encode(), count=1000))
-            if found:
-                client.delete(*found)
-        client.close()
-
-
-def urlparse_path(url: str) -> str:
-    from urllib.parse import urlparse
-
-    return urlparse(url).path.strip("/")
+def test_redis_written_by_feast_read_by_us_equals_feast(typed_redis):
+    project, features, store, client = typed_redis
+    assert_same_reads(project, features, store)
+    suffix = project.name.encode()
+    keys = set(client.scan_iter(match=b"*" + suffix, count=1000)) - {b"millrace.marker:" + suffix}
+    assert keys == {wire.entity_key("account", a, wire.STRING) + suffix for a in ACCOUNTS} | {
+        wire.entity_key("user", u, wire.INT64) + suffix for u in USERS}
+    fields = set(client.hkeys(wire.entity_key("account", "a1", wire.STRING) + suffix))
+    assert fields == {wire.redis_field("account_typed", n) for n in features.feature_names("account_typed")} | {
+        b"_ts:account_typed"}

@@ -145,8 +145,9 @@ def test_the_generated_repo_holds_no_user_string_as_code(project_dir, tmp_path, 
 
 
 def test_a_feature_of_a_type_the_online_store_cannot_hold(tmp_path):
-    from tests.features.test_online_wire import TYPED
     import shutil
+
+    from tests.features.typed_state import TYPED
 
     root = tmp_path / "typed"
     shutil.copytree(TYPED, root)
