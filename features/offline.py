@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
