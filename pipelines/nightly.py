@@ -179,12 +179,12 @@ def _features(console, project: Project, beam_args: list[str], pending: Pending,
     if pending.features:
         with console.status("building feature views..."):
             for r in build(project, features, beam_args=beam_args):
-                detail = f"{r['rows']:,} rows, {r['entities']:,} entities" if r["status"] == "built" else r["problem"]
-                console.print(f"  features {r['view']}: {detail}")
+                detail = f"{r.rows:,} rows, {r.entities:,} entities" if r.status == "built" else r.problem
+                console.print(f"  features {r.view}: {detail}")
     with console.status("applying Feast and materializing..."):
         apply(project, features)
         for r in materialize(project, features):
-            console.print(f"  online {r['view']}: {r['written']:,} written, {r['skipped_unchanged']:,} unchanged")
+            console.print(f"  online {r.view}: {r.written:,} written, {r.skipped_unchanged:,} unchanged")
     if pending.features:
         pending = _settled(replace(pending, features=False))
         write_pending(project, pending)

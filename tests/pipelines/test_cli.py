@@ -126,7 +126,8 @@ def test_malformed_contract(project_dir, tmp_path):
     proc = run(["ingest", "--source", "ratings"], tmp_path, project=project_dir, check=False)
     _assert_one_line_error(proc, str(contract), "logicalType")
     lint = run(["contracts", "lint", str(contract), str(project_dir / "contracts" / "movies.yaml")], tmp_path, check=False)
-    assert lint.returncode == 1 and "ok    " in lint.stdout and "logicalType" in lint.stderr
+    # A wrong contract is bad input: exit 2 (README "Exit codes"); 1 is for runs that refused work.
+    assert lint.returncode == 2 and "ok    " in lint.stdout and "logicalType" in lint.stderr
 
 
 @pytest.mark.slow
