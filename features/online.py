@@ -10,6 +10,7 @@ with Feast and compares our read with Feast's, value for value.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from functools import lru_cache
 
@@ -46,7 +47,11 @@ class OnlineReader:
         join_key = self.features.join_key(view)
         key_type = types[join_key]
         values = keys.to_pylist() if isinstance(keys, (pa.Array, pa.ChunkedArray)) else list(keys)
-        encoded = [None if v is None else wire.entity_key(join_key, v, _KEY_TYPES[key_type]) for v in values]
+        try:
+            encoded = [None if v is None else wire.entity_key(join_key, v, _KEY_TYPES[key_type]) for v in values]
+        except (ValueError, TypeError, struct.error):
+            raise FeatureError(f"keys of view '{view}' must be {key_type} ('{join_key}'), got {values[:5]} "
+                                 f"(fix: pass {key_type} keys)") from None
         try:
             raw = self._read_sqlite(view, encoded, names) if self.kind == stores.SQLITE else \
                 self._read_redis(view, encoded, names)
@@ -64,7 +69,7 @@ class OnlineReader:
         return pa.table(columns)
 
     def _where(self) -> str:
-        return stores.sqlite_path(self.project) if self.kind == stores.SQLITE else self.project.online_store
+        return stores.sqlite_path(self.project) if self.kind == stores.SQLITE else stores.store_id(self.project)
 
     # -- SQLite: table "<project>_<view>", one row per (entity_key, feature_name) -----------------------
 

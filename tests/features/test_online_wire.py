@@ -121,3 +121,11 @@ def test_redis_written_by_feast_read_by_us_equals_feast(typed_redis):
     fields = set(client.hkeys(wire.entity_key("account", "a1", wire.STRING) + suffix))
     assert fields == {wire.redis_field("account_typed", n) for n in features.feature_names("account_typed")} | {
         b"_ts:account_typed"}
+
+
+def test_keys_of_the_wrong_type_are_one_line(tmp_path, monkeypatch):
+    from millrace.features.errors import FeatureError
+
+    project, features, _ = typed_state(tmp_path, monkeypatch)
+    with pytest.raises(FeatureError, match=r"keys of view 'user_typed' must be int64 .*\(fix: "):
+        OnlineReader(project, features).read("user_typed", ["not a number"])
