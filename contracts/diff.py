@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from millrace.contracts.model import Contract, Field
+from millrace.contracts.records import Record
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,39 @@ class DiffReport:
             return f"ok: {len(self.breaking)} breaking change(s) with a major version bump ({v})"
         return (f"FAIL: {len(self.breaking)} breaking change(s) without a major version bump ({v}); "
                 f"bump the major version to {self.old.major_version + 1}.0.0 or make the change compatible")
+
+
+    def record(self) -> "DiffRecord":
+        """The report as a typed record, for CI and other readers (``millrace contracts diff --json``)."""
+        return DiffRecord(
+            old=ContractRef(id=self.old.id, version=self.old.version),
+            new=ContractRef(id=self.new.id, version=self.new.version),
+            changes=tuple(ChangeRecord(where=c.where, what=c.what, breaking=c.breaking) for c in self.changes),
+            breaking=len(self.breaking), major_bumped=self.major_bumped, fails=self.fails, verdict=self.verdict)
+
+
+class ContractRef(Record):
+    id: str
+    version: str
+
+
+class ChangeRecord(Record):
+    where: str
+    what: str
+    breaking: bool
+
+
+class DiffRecord(Record):
+    """A contract comparison as JSON: every change, and whether the version bump covers them."""
+
+    format_version: Literal[1] = 1
+    old: ContractRef
+    new: ContractRef
+    changes: tuple[ChangeRecord, ...]
+    breaking: int               # how many of the changes break consumers
+    major_bumped: bool
+    fails: bool                 # breaking changes without a major version bump
+    verdict: str
 
 
 def diff_contracts(old: Contract, new: Contract) -> DiffReport:

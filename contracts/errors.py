@@ -44,6 +44,15 @@ class StorageError(MillraceError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class CorruptRecord(MillraceError):
+    """A record millrace wrote (a report, a manifest, a result) is truncated, emptied or of another
+    shape. Bad input (exit 2): the message names the file and how to get a good one again."""
+
+    def __init__(self, file: str, problem: str, fix: str = "rebuild it with the command that wrote it"):
+        self.file, self.problem, self.fix = str(file), " ".join(str(problem).split()), fix
+        super().__init__(f"{self.file}: {self.problem} (fix: {fix})")
+
+
 def exit_code(exc: MillraceError) -> int:
     """The process exit code for an error: retryable ones get their own, so schedulers retry only them."""
     return EXIT_RETRYABLE if exc.retryable else exc.exit_code

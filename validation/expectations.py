@@ -8,27 +8,38 @@ from rules marked ``severity: warning``/``info`` are reported but do not block.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from millrace.contracts.model import Contract, TableCheck
+from millrace.validation.records import ExpectationsReport
 
 _FAILURE_SEVERITY = {True: "critical", False: "warning"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SuiteResult:
-    success: bool                   # False when any blocking expectation failed
-    failed_blocking: list[str]
-    failed_warnings: list[str]
-    result: dict                    # GE's JSON result
-    validation: object = None       # GE's result object, for rendering
+    """One partition's verdict: the typed report that is written beside it, and GE's result object
+    (not serialisable) for rendering Data Docs."""
+
+    report: ExpectationsReport
+    validation: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def success(self) -> bool:
+        return self.report.success
+
+    @property
+    def failed_blocking(self) -> tuple[str, ...]:
+        return self.report.failed_blocking
+
+    @property
+    def failed_warnings(self) -> tuple[str, ...]:
+        return self.report.failed_warnings
 
     def to_json(self) -> bytes:
-        return json.dumps({"success": self.success, "failed_blocking": self.failed_blocking,
-                           "failed_warnings": self.failed_warnings, "great_expectations": self.result},
-                          default=str, indent=1).encode()
+        return self.report.to_json().encode()
 
 
 def build_suite(contract: Contract):
@@ -123,8 +134,11 @@ class SuiteRunner:
             label = f"{cfg.type}({_describe(cfg.kwargs)})"
             severity = str(getattr(cfg, "severity", "critical")).lower()
             (warnings if severity.endswith(("warning", "info")) else blocking).append(label)
-        return SuiteResult(success=not blocking, failed_blocking=blocking, failed_warnings=warnings,
-                           result=result.to_json_dict(), validation=result)
+        document = json.loads(json.dumps(result.to_json_dict(), default=str))  # plain JSON values only
+        report = ExpectationsReport(suite=self.suite.name, success=not blocking, evaluated=len(result.results),
+                                    failed_blocking=tuple(blocking), failed_warnings=tuple(warnings),
+                                    great_expectations=document)
+        return SuiteResult(report=report, validation=result)
 
     def render_html(self, suite_result: SuiteResult) -> str:
         from great_expectations.render.renderer import ValidationResultsPageRenderer

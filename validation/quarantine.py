@@ -4,16 +4,18 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+FORMAT_VERSION = 1  # bump with the schema; tests/golden/validation/quarantine.v<N>.parquet holds each version
+
 SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),
     pa.field("partition", pa.string(), nullable=False),
     pa.field("file", pa.string(), nullable=False),
     pa.field("line", pa.int64(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("field", pa.string()),
-    pa.field("payload", pa.large_binary()),
+    pa.field("reason", pa.string(), nullable=False),     # a code of validation.reasons
+    pa.field("field", pa.string()),                      # the field the reason is about, if any
+    pa.field("payload", pa.large_binary()),              # the original bytes of the record
     pa.field("run_id", pa.string(), nullable=False),
-])
+], metadata={"millrace.format": "quarantine", "millrace.format_version": str(FORMAT_VERSION)})
 
 
 def records(source: str, partition: str, file: str, line, reason, field, payload, run_id: str) -> pa.Table:

@@ -28,12 +28,16 @@ def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check."
 
 @app.command("diff")
 def diff(old: Path = typer.Argument(..., help="The contract as it was."),
-         new: Path = typer.Argument(..., help="The contract as proposed.")):
+         new: Path = typer.Argument(..., help="The contract as proposed."),
+         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (a DiffRecord, format_version 1).")):
     """Classify each change as breaking or compatible; exit 1 on a breaking change without a major bump."""
     from millrace.contracts.diff import diff_contracts
     from millrace.contracts.loader import load_contract
 
     report = diff_contracts(load_contract(old), load_contract(new))
+    if as_json:
+        typer.echo(report.record().to_json())
+        raise typer.Exit(1 if report.fails else 0)
     for change in report.changes:
         typer.echo(f"{'BREAKING ' if change.breaking else 'compatible'} {change.where}: {change.what}")
     if not report.changes:
