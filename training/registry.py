@@ -122,12 +122,12 @@ class AliasEvent:
 
 
 def history(client, name: str) -> list[AliasEvent]:
-    model = _registered(client, name)
-    events = []
-    for key, value in model.tags.items():
-        if key.startswith(LOG_PREFIX):
-            data = json.loads(value)
-            events.append(AliasEvent(int(key[len(LOG_PREFIX):]), **data))
+    return _events(_registered(client, name))
+
+
+def _events(model) -> list[AliasEvent]:
+    events = [AliasEvent(int(key[len(LOG_PREFIX):]), **json.loads(value))
+              for key, value in model.tags.items() if key.startswith(LOG_PREFIX)]
     return sorted(events, key=lambda e: e.seq)
 
 
@@ -156,38 +156,38 @@ def _append(client, name: str, event: AliasEvent) -> None:
 
 def reconcile(client, name: str) -> list[AliasEvent]:
     """Make the alias log end at each alias's real target after an interrupted move; returns the
-    entries it wrote. A no-op (two reads) when nothing was interrupted."""
+    entries it wrote. One read when nothing was interrupted."""
     from mlflow.exceptions import MlflowException
 
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         return []
-    written = []
+    events, written = _events(model), []
+
+    def last(alias: str) -> str | None:
+        moves = [e.version for e in events if e.alias == alias]
+        return moves[-1] if moves else None
+
+    def append(event: AliasEvent) -> None:
+        _append(client, name, event)
+        events.append(event)
+        written.append(event)
+
     for key, value in sorted(model.tags.items()):
         if not key.startswith(PENDING_PREFIX):
             continue
         intent = AliasEvent(**json.loads(value))
-        if model.aliases.get(intent.alias) is not None and str(model.aliases[intent.alias]) == intent.version \
-                and _last(client, name, intent.alias) != intent.version:
-            event = replace(intent, seq=_next_seq(client, name))
-            _append(client, name, event)  # moved, then killed before the log entry: write it as intended
-            written.append(event)
+        if str(model.aliases.get(intent.alias)) == intent.version and last(intent.alias) != intent.version:
+            append(replace(intent, seq=events[-1].seq + 1 if events else 1))  # moved, killed before the log entry
         client.delete_registered_model_tag(name, key)  # done, or never moved: nothing to log
     for alias, version in sorted(model.aliases.items()):
-        logged = _last(client, name, alias)
-        if logged != str(version):  # moved outside millrace (or by a version without the intent tag)
-            event = AliasEvent(_next_seq(client, name), alias, str(version), logged, "millrace",
-                               dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               "reconciled: the alias pointed here but the log did not say so")
-            _append(client, name, event)
-            written.append(event)
+        logged = last(alias)
+        if logged != str(version):  # moved outside millrace (the MLflow UI, an older millrace)
+            append(AliasEvent(events[-1].seq + 1 if events else 1, alias, str(version), logged, "millrace",
+                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "reconciled: the alias pointed here but the log did not say so"))
     return written
-
-
-def _last(client, name: str, alias: str) -> str | None:
-    moves = [e.version for e in history(client, name) if e.alias == alias]
-    return moves[-1] if moves else None
 
 
 def alias_target(client, name: str, alias: str) -> str | None:
