@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from millrace.contracts import values
+from millrace.contracts.values import describe
 from millrace.contracts.errors import ContractError
 from millrace.contracts.names import check_name
 from millrace.contracts.model import (
@@ -112,7 +113,7 @@ def load_contract(path: str | Path) -> Contract:
     if data is None:
         raise ContractError(path, "(file)", "is empty", odcs)
     if not isinstance(data, dict):
-        raise ContractError(path, "(top level)", f"is {_shown(data)}, where a mapping belongs", odcs)
+        raise ContractError(path, "(top level)", f"is {describe(data)}, where a mapping belongs", odcs)
     errors = list(_odcs_validator().iter_errors(data))
     if errors:
         where, problem = _schema_problem(errors)
@@ -149,31 +150,17 @@ def _schema_problem(errors) -> tuple[str, str]:
         return where, f"needs one of: {', '.join(names)}"
     if best.validator == "type":
         kinds = dict.fromkeys(_JSON_KINDS.get(str(e.validator_value), str(e.validator_value)) for e in same)
-        return where, f"is {_shown(best.instance)}, where {' or '.join(kinds)} belongs"
+        return where, f"is {describe(best.instance)}, where {' or '.join(kinds)} belongs"
     if best.validator == "enum":
-        return where, f"{_shown(best.instance)} is not one of {best.validator_value}"[:300]
+        return where, f"{describe(best.instance)} is not one of {best.validator_value}"[:300]
     message = best.message
     if message.startswith(repr(best.instance)):
-        message = _shown(best.instance) + message[len(repr(best.instance)):]
+        message = describe(best.instance) + message[len(repr(best.instance)):]
     return where, " ".join(message.split())[:300]
 
 
 _JSON_KINDS = {"array": "a list", "object": "a mapping", "string": "text", "number": "a number",
                "integer": "a whole number", "boolean": "true or false", "null": "nothing"}
-
-
-def _shown(value: object) -> str:
-    if value is None:
-        return "empty"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    return f"the text {str(value)[:60]!r}"
 
 
 def _custom(props) -> dict[str, Any]:
@@ -214,14 +201,14 @@ def _compile(path: Path, model, data: dict) -> Contract:
     event_time = custom.get("eventTime")
     if event_time is not None:
         if not isinstance(event_time, str) or event_time not in names:
-            raise ContractError(path, f"{at}.eventTime", f"names unknown field {_shown(event_time)}",
+            raise ContractError(path, f"{at}.eventTime", f"names unknown field {describe(event_time)}",
                                 f"use one of {names}")
         if fields[names.index(event_time)].logical_type != "timestamp":
             raise ContractError(path, f"{at}.eventTime", f"field '{event_time}' is not a timestamp",
                                 "point eventTime at a field with logicalType: timestamp")
     granularity = custom.get("partitionGranularity", "month" if event_time else "day")
     if not isinstance(granularity, str) or granularity not in GRANULARITIES:
-        raise ContractError(path, f"{at}.partitionGranularity", f"{_shown(granularity)} is not supported",
+        raise ContractError(path, f"{at}.partitionGranularity", f"{describe(granularity)} is not supported",
                             f"use one of {list(GRANULARITIES)}")
     partitioned = [p.name for p in obj.properties if p.partitioned]
     if partitioned and partitioned != [event_time]:
@@ -230,11 +217,11 @@ def _compile(path: Path, model, data: dict) -> Contract:
     partition_key = custom.get("partitionKey", granularity if event_time else "dt")
     if not isinstance(partition_key, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", partition_key) \
             or partition_key in names:
-        raise ContractError(path, f"{at}.partitionKey", f"{_shown(partition_key)} is not a usable partition column",
+        raise ContractError(path, f"{at}.partitionKey", f"{describe(partition_key)} is not a usable partition column",
                             "use a lower_snake_case name that is not a field name")
     threshold = custom.get("quarantineThreshold", 0.05)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ContractError(path, f"{at}.quarantineThreshold", f"{_shown(threshold)} is not a share in [0, 1]",
+        raise ContractError(path, f"{at}.quarantineThreshold", f"{describe(threshold)} is not a share in [0, 1]",
                             "write e.g. 0.05 for 5%")
     tolerance = custom.get("futureToleranceSeconds", 86400)
     tolerance = values.count(tolerance, path, f"{at}.futureToleranceSeconds", values.SECONDS_MAX)
@@ -258,7 +245,7 @@ def _compile_field(path: Path, where: str, prop) -> Field:
     where = f"{where} ({prop.name})"
     logical = prop.logicalType
     if logical not in SUPPORTED_LOGICAL_TYPES:
-        raise ContractError(path, f"{where}.logicalType", f"{_shown(logical)} is not supported for ingestion",
+        raise ContractError(path, f"{where}.logicalType", f"{describe(logical)} is not supported for ingestion",
                             f"use one of {list(SUPPORTED_LOGICAL_TYPES)}")
     if logical == "timestamp" and (prop.physicalType or "iso8601") not in TIMESTAMP_ENCODINGS:
         raise ContractError(path, f"{where}.physicalType", f"'{prop.physicalType}' is not a known timestamp encoding",
@@ -277,14 +264,14 @@ def _compile_field(path: Path, where: str, prop) -> Field:
         if "validValues" in args:
             allowed = args["validValues"]
             if not isinstance(allowed, list) or not allowed:
-                raise ContractError(path, f"{q_at}.validValues", f"is {_shown(allowed)}, where a list of values belongs",
+                raise ContractError(path, f"{q_at}.validValues", f"is {describe(allowed)}, where a list of values belongs",
                                     "list the allowed values, e.g. [a, b]")
             enum = tuple(values.enum_value(v, path, f"{q_at}.validValues[{j}]", logical) for j, v in enumerate(allowed))
         if "pattern" in args:
             pattern, pattern_at = args["pattern"], f"{q_at}.pattern"
     if pattern is not None:
         if not isinstance(pattern, str):
-            raise ContractError(path, pattern_at, f"is {_shown(pattern)}, where a regular expression belongs",
+            raise ContractError(path, pattern_at, f"is {describe(pattern)}, where a regular expression belongs",
                                 "write the pattern as quoted text")
         if logical != "string":
             raise ContractError(path, pattern_at, f"a pattern does not apply to {logical} fields",
@@ -327,7 +314,7 @@ def _unsupported_options(path: Path, at: str, opts: dict) -> None:
                             "remove it, or list the allowed values with enum")
     zone = opts.get("defaultTimezone")
     if zone not in (None, "UTC", "Etc/UTC"):
-        raise ContractError(path, f"{at}.defaultTimezone", f"{_shown(zone)} is not supported (naive times are read as UTC)",
+        raise ContractError(path, f"{at}.defaultTimezone", f"{describe(zone)} is not supported (naive times are read as UTC)",
                             "write the times with an offset, or remove defaultTimezone")
 
 
@@ -354,7 +341,7 @@ def _table_checks(path: Path, where: str, quality, column: str | None):
             raise ContractError(path, f"{at}.{operator}", f"metric '{metric}' needs an upper bound",
                                 "use mustBe 0, mustBeLessThan or mustBeLessOrEqualTo")
         if q.unit not in (None, "rows", "percent"):
-            raise ContractError(path, f"{at}.unit", f"{_shown(q.unit)} is not a unit millrace knows",
+            raise ContractError(path, f"{at}.unit", f"{describe(q.unit)} is not a unit millrace knows",
                                 "use rows or percent")
         if isinstance(value, list):
             value = [values.number(v, path, f"{at}.{operator}[{j}]", integer=metric == "rowCount")

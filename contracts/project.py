@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,6 +17,7 @@ from millrace.contracts.errors import ContractError
 from millrace.contracts.loader import load_contract, read_yaml
 from millrace.contracts.model import Contract
 from millrace.contracts.names import check_inside, check_name
+from millrace.contracts.values import describe
 
 # Every environment variable millrace reads, in one place (tests clear them all).
 ENV_VARS = (
@@ -157,7 +157,7 @@ def load_project(directory: str | Path) -> Project:
         raise ContractError(root, "--project", "is not a folder", "pass a project folder that holds millrace.yaml")
     data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ContractError(path, "(top level)", f"is {_kind(data)}, where a mapping belongs",
+        raise ContractError(path, "(top level)", f"is {describe(data)}, where a mapping belongs",
                             "see examples/movielens/millrace.yaml")
     try:
         config = ProjectConfig(**{str(k): v for k, v in data.items()})
@@ -187,21 +187,7 @@ def _config_error(path: Path, exc: ValidationError) -> ContractError:
     loc = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top level)"
     expected = _EXPECTED.get(first["type"])
     if expected:
-        problem = f"is {_kind(first.get('input'))}, where {expected} belongs"
+        problem = f"is {describe(first.get('input'))}, where {expected} belongs"
     else:
         problem = " ".join(first["msg"].lower().split())
     return ContractError(path, loc, problem, "see examples/movielens/millrace.yaml")
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "empty"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return f"the boolean {value}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    return f"the text {str(value)[:40]!r}"

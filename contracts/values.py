@@ -100,6 +100,21 @@ def enum_value(value: object, file: str | Path, field: str, logical_type: str):
                         "use minimum/maximum for time ranges")
 
 
+def describe(value: object) -> str:
+    """What a configuration value is, for a one-line message: "a list", "the number 5", "empty"."""
+    if value is None:
+        return "empty"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {_short(value) if isinstance(value, int) else value}"
+    return f"the text {str(value)[:60]!r}"
+
+
 def _short(value: int) -> str:
     if value.bit_length() > 100:  # str() of a huge int is slow, and refused past 4300 digits
         return f"a {value.bit_length()}-bit integer"

@@ -38,7 +38,7 @@ BAD_PROJECTS = {
     "pipeline a scalar": ("name: x\npipeline: fast\n" + SOURCES, "pipeline: is the text 'fast'"),
     "options a scalar": ("name: x\npipeline:\n  options: 5\n" + SOURCES, "pipeline.options: is the number 5, where a list"),
     "feature_store a list": ("name: x\nfeature_store: []\n" + SOURCES, "feature_store: is a list"),
-    "mlflow a scalar": ("name: x\nmlflow: true\n" + SOURCES, "mlflow: is the boolean True"),
+    "mlflow a scalar": ("name: x\nmlflow: true\n" + SOURCES, "mlflow: is the boolean true"),
     "source a scalar": ("name: x\nsources:\n  ratings: contracts/ratings.yaml\n", "sources.ratings: is the text"),
     "source a list": ("name: x\nsources:\n  ratings: [contracts/ratings.yaml]\n", "sources.ratings: is a list"),
     "contract a list": ("name: x\nsources:\n  ratings:\n    contract: [a]\n", "sources.ratings.contract: is a list, where text"),
