@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from millrace.contracts.names import check_inside
 from millrace.training.errors import RecordError
 from millrace.training.records import from_dict, from_json, to_json
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 
 
 @dataclass(frozen=True)

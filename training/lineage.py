@@ -5,11 +5,11 @@ view builds, which code version. Built by ``pipelines.train``, read by training 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from millrace.training.records import from_json, to_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 FILE = "lineage.json"
 
 

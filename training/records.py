@@ -39,7 +39,7 @@ def from_dict(cls: type[T], data: Any, file: str, where: str = "") -> T:
         raise RecordError(file, where or "(top level)", f"is {type(data).__name__}, not an object",
                           f"write a {cls.__name__} object")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is a dataclass
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise RecordError(file, _join(where, unknown[0]), "unknown field", f"use some of {sorted(fields)}")
@@ -54,7 +54,7 @@ def from_dict(cls: type[T], data: Any, file: str, where: str = "") -> T:
 
 def _value(tp, value, file: str, where: str):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, file, where)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
