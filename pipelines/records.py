@@ -1,45 +1,23 @@
 """The typed records ingest writes and reads: partition manifests, partition reports, run summaries,
 landing problems and lock holders.
 
-Each is a frozen pydantic model with a ``format_version`` and one JSON round trip (``to_json`` /
-``from_json``); ``tests/golden/pipelines/`` holds one file per record and format version. A record
-that does not parse (truncated, emptied, wrong shape) raises ``CorruptFile`` naming the file.
+Each is a ``contracts.records.Record`` (frozen pydantic, a ``format_version``, one JSON round trip);
+``tests/golden/pipelines/`` holds one file per record and format version. A record that does not
+parse (truncated, emptied, wrong shape) raises ``CorruptFile`` naming the file.
 
 Records still answer ``record["field"]`` and ``record.get("field")`` (read only, declared fields
 only) so callers written against the former dicts keep working while they move to attributes.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, TypeVar
+from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from millrace.contracts.records import Record as _Base
 from millrace.pipelines.errors import CorruptFile
 
-R = TypeVar("R", bound="Record")
 
-
-class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=1)
-
-    @classmethod
-    def from_json(cls: type[R], text: str | bytes, file: str = "") -> R:
-        """Parse one record; anything but a whole, well-formed record is a ``CorruptFile``."""
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            if not text.strip():
-                problem = "empty file"
-            elif first["type"] == "json_invalid":
-                problem = "truncated or not JSON: " + first["msg"].removeprefix("Invalid JSON: ")
-            else:
-                problem = f"{where}: {first['msg']}"
-            raise CorruptFile(file or cls.__name__, f"not a valid {cls.__name__} ({problem})") from None
+class Record(_Base):
+    corrupt = CorruptFile
 
     # Transitional read access by key, for callers not yet moved to attributes.
     def __getitem__(self, key: str):
