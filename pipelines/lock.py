@@ -47,9 +47,12 @@ def source_lock(state_dir: str, source: str, command: str | None = None) -> Iter
                         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.to_json().encode(), 0)
-        yield me
+        try:
+            yield me
+        finally:
+            os.ftruncate(fd, 0)  # a later writer's first instant must not name this process
     finally:
-        os.close(fd)  # releases the lock; the holder text stays until the next writer overwrites it
+        os.close(fd)  # releases the lock (so does any exit, kill -9 included)
 
 
 def holder(state_dir: str, source: str) -> LockHolder | None:
