@@ -62,7 +62,7 @@ def _empty(cell) -> bool:
 
 
 @pytest.mark.parametrize("kind", sorted(FIELDS))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cells=st.lists(CELL, max_size=24))
 def test_coercion_never_raises_and_accounts_for_every_row(kind, cells):
     field = FIELDS[kind]
