@@ -6,6 +6,8 @@ all rows at once, with a mask of the rows that did not coerce.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,8 +45,14 @@ _INT64_MIN_MAGNITUDE = "9223372036854775808"
 # Timestamps and dates hold years 0001..9999 (ISO 8601's four digits, and what Python, pandas'
 # non-nanosecond units and Parquet readers can all hold); epoch values are bounded the same way.
 _FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799
-_FIRST_TS = pa.scalar(_FIRST_SECOND * 1_000_000, pa.int64()).cast(pa.timestamp("us")).cast(TIMESTAMP)
-_LAST_TS = pa.scalar(_LAST_SECOND * 1_000_000 + 999_999, pa.int64()).cast(pa.timestamp("us")).cast(TIMESTAMP)
+
+
+@functools.cache
+def _timestamp_bounds() -> tuple[pa.Scalar, pa.Scalar]:
+    # Built on first use: casting a scalar at import time pulls pandas into every importer.
+    first = pa.scalar(_FIRST_SECOND * 1_000_000, pa.int64()).cast(pa.timestamp("us")).cast(TIMESTAMP)
+    last = pa.scalar(_LAST_SECOND * 1_000_000 + 999_999, pa.int64()).cast(pa.timestamp("us")).cast(TIMESTAMP)
+    return first, last
 
 
 def arrow_type(field: Field) -> pa.DataType:
@@ -245,7 +253,8 @@ def _coerce_timestamp(field: Field, text: pa.Array, present: pa.Array) -> tuple[
     values = _iso_uniform(_null_unless(present, text))
     if values is None:
         values = _iso_mixed(_null_unless(_matches(text, _ISO_TS, present), text))
-    in_range = pc.and_(pc.greater_equal(values, _FIRST_TS), pc.less_equal(values, _LAST_TS))
+    first, last = _timestamp_bounds()
+    in_range = pc.and_(pc.greater_equal(values, first), pc.less_equal(values, last))
     ok = pc.fill_null(pc.and_(present, in_range), False)
     return _null_unless(ok, values), _failed(present, ok)
 

@@ -72,7 +72,14 @@ def is_unreachable(exc: BaseException) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if any(k.__name__ in _UNREACHABLE for k in type(exc).__mro__):
+        if any(k.__name__ in _UNREACHABLE for k in type(exc).__mro__) and not _local_sqlite_fault(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _local_sqlite_fault(exc: BaseException) -> bool:
+    """SQLite raises OperationalError for a missing table or a bad file as well: only a locked
+    database is worth a retry there (an embedded file has no server to come back)."""
+    driver = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error in .orig
+    return type(driver).__module__ == "sqlite3" and "locked" not in str(driver).lower()
