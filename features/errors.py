@@ -1,6 +1,6 @@
 """Errors of the feature platform. One base class; each says whether a retry can help."""
 
-from millrace.contracts.errors import MillraceError
+from millrace.contracts.errors import CorruptRecord, MillraceError
 
 
 class FeatureError(MillraceError):
@@ -19,7 +19,7 @@ class NothingBuilt(FeatureError):
     """Materialize or a training set asked for a feature view that has no offline table yet."""
 
 
-class CorruptTable(FeatureError):
+class CorruptTable(FeatureError, CorruptRecord):
     """An offline table, its manifest or the Feast registry does not hold what was written:
     the message names the file and how to rebuild it."""
 

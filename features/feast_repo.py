@@ -175,9 +175,9 @@ def registry_errors(project: Project):
     except Exception as exc:
         name = type(exc).__name__
         if name == "DecodeError":  # google.protobuf: the file registry is not a Registry message
-            raise CorruptTable(f"{registry_path(project)}: the Feast registry is unreadable ({_first_line(exc)}) "
-                               f"(fix: delete it and run `millrace features build`; it is regenerated from "
-                               f"features.yaml)") from None
+            raise CorruptTable(registry_path(project), f"the Feast registry is unreadable ({_first_line(exc)})",
+                               "delete it and run `millrace features build`; it is regenerated from "
+                               "features.yaml") from None
         if name == "FeatureViewNotFoundException":
             raise NothingBuilt(f"{registry_path(project)}: {_first_line(exc)} "
                                f"(fix: run `millrace features build`, which applies the Feast repository)") from None

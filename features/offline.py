@@ -45,18 +45,17 @@ def read_view(offline: str, view: str) -> pa.Table:
     fix = f"run `millrace features build --view {view}` to rebuild it"
     manifest = read_manifest(offline, view)
     if manifest is None:
-        raise CorruptTable(f"{path}: the table has no manifest beside it (fix: {fix})")
+        raise CorruptTable(path, "the table has no manifest beside it", fix)
     data = storage.read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.sha256:
-        raise CorruptTable(f"{path}: the bytes ({len(data):,}, sha256 {digest[:12]}) are not the table its manifest "
-                           f"records ({manifest.bytes:,}, sha256 {manifest.sha256[:12]}): truncated, "
-                           f"replaced or half-written (fix: {fix})")
+        raise CorruptTable(path, f"the bytes ({len(data):,}, sha256 {digest[:12]}) are not the table its manifest "
+                                 f"records ({manifest.bytes:,}, sha256 {manifest.sha256[:12]}): truncated, "
+                                 f"replaced or half-written", fix)
     try:
         return pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as exc:
-        raise CorruptTable(f"{path}: not a readable Parquet table ({str(exc).splitlines()[0][:120]}) "
-                           f"(fix: {fix})") from None
+        raise CorruptTable(path, f"not a readable Parquet table ({str(exc).splitlines()[0][:120]})", fix) from None
 
 
 def read_manifest(offline: str, view: str) -> OfflineManifest | None:

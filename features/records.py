@@ -10,31 +10,14 @@ only) so callers written against the former dicts keep working while they move t
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, TypeVar
+from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from millrace.contracts.records import Record as _Base
 from millrace.features.errors import CorruptTable
 
-R = TypeVar("R", bound="Record")
 
-
-class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=1)
-
-    @classmethod
-    def from_json(cls: type[R], text: str | bytes, file: str = "", fix: str = "rebuild it") -> R:
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            problem = "empty" if not text.strip() else \
-                "truncated or not JSON" if first["type"] == "json_invalid" else f"{where}: {first['msg'].lower()}"
-            raise CorruptTable(f"{file or cls.__name__}: not a valid {cls.__name__} ({problem}) (fix: {fix})") from None
+class Record(_Base):
+    corrupt = CorruptTable
 
     # Transitional read access by key, for callers not yet moved to attributes.
     def __getitem__(self, key: str):

@@ -1,6 +1,6 @@
 """Errors raised by pipelines. One base class; each says whether a retry can help and its exit code."""
 
-from millrace.contracts.errors import EXIT_FAILED, MillraceError
+from millrace.contracts.errors import EXIT_FAILED, CorruptRecord, MillraceError
 
 
 class PipelineError(MillraceError):
@@ -36,15 +36,9 @@ class LandingInvalid(RunFailed):
         super().__init__(self.problems[0].line() + tail)
 
 
-class CorruptFile(PipelineError):
+class CorruptFile(PipelineError, CorruptRecord):
     """A file millrace wrote (manifest, report, lake data file) is truncated, emptied, swapped or
     not what it should be. Bad input (exit 2): the message names the file and how to rebuild it."""
-
-    def __init__(self, file: str, problem: str, fix: str = "rebuild it with the command that wrote it"):
-        self.file, self.problem, self.fix = str(file), problem, fix
-        super().__init__(f"{self.file}: {problem} (fix: {fix})")
-
-
 
 
 class SourceBusy(PipelineError):
