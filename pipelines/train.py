@@ -29,22 +29,22 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
     views = resolve_refs(features, refs) if refs else {}
     digest = hashlib.sha256("".join(f"{p.value}:{p.manifest['run_id']}:{p.manifest['rows']}" for p in parts)
                             .encode()).hexdigest()
-    contracts = {source: ContractRef(contract.id, contract.version)}
+    contracts = {source: ContractRef(id=contract.id, version=contract.version)}
     feature_views = {}
     for view in views:
-        manifest = offline.read_manifest(project.offline, view) or {}
+        manifest = offline.read_manifest(project.offline, view)
         view_source = features.view(view).source
         other = project.contract(view_source)
-        contracts[view_source] = ContractRef(other.id, other.version)
-        feature_views[view] = FeatureViewLineage(
-            uri=_uri(offline.data_path(project.offline, view)), sha256=manifest.get("sha256", ""),
-            run_id=manifest.get("run_id", ""), rows=manifest.get("rows", 0), built_at=manifest.get("built_at", ""),
-            features_yaml_sha256=manifest.get("features_yaml_sha256", ""))
+        contracts[view_source] = ContractRef(id=other.id, version=other.version)
+        built = {k: getattr(manifest, k) for k in ("sha256", "run_id", "rows", "built_at", "features_yaml_sha256")} \
+            if manifest else {"sha256": "", "run_id": "", "rows": 0, "built_at": "", "features_yaml_sha256": ""}
+        feature_views[view] = FeatureViewLineage(uri=_uri(offline.data_path(project.offline, view)), **built)
     examples = ExamplesLineage(
         source=source, uri=_uri(lake.join(project.lake, source)), rows=table.num_rows, digest=digest,
         contract=contracts[source],
-        partitions=tuple(PartitionRef(str(p.value), p.manifest["run_id"], p.manifest["rows"],
-                                      p.manifest.get("contract", {}).get("version")) for p in parts))
+        partitions=tuple(PartitionRef(value=str(p.value), run_id=p.manifest["run_id"], rows=p.manifest["rows"],
+                                      contract_version=p.manifest.get("contract", {}).get("version"))
+                         for p in parts))
     lineage = Lineage(examples=examples, contracts=contracts, feature_views=feature_views,
                       git_sha=git_sha(project.root))
     return table, contract.event_time, lineage

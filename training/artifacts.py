@@ -23,7 +23,6 @@ from millrace.contracts.names import check_inside, check_name
 from millrace.training.bundle import MANIFEST, Manifest, load_part, read_manifest, write_manifest
 from millrace.training.export import signature
 from millrace.training.lineage import Lineage
-from millrace.training.records import from_dict
 
 __all__ = ["MANIFEST", "Manifest", "load_part", "read_manifest", "write_bundle", "model_card"]
 
@@ -43,7 +42,7 @@ def write_bundle(directory: str, parts: dict, fp32: dict, int8: dict, info: dict
             "sha256": {name: digest for name, digest in files.values()},
             "served": served, "output": parts[part].output, "signature": signature(model),
             "inputs": [s.describe() for s in parts[part].specs]}
-    typed = from_dict(Manifest, manifest, os.path.join(directory, MANIFEST))
+    typed = Manifest.model_validate(manifest)
     write_manifest(directory, typed)
     return typed
 

@@ -3,41 +3,44 @@
     <bundle>/manifest.json     parts, the file of each variant, SHA-256 of every file, signatures
     <bundle>/<part>.onnx       FP32;  <bundle>/<part>.int8.onnx  INT8 (served by default)
 
-The index builder and the inference tier read bundles through this module only. It imports the
-standard library and millrace's bottom layer, never torch, MLflow, onnx, Beam or Feast (checked by
-import-linter and by tests/training/test_bundle.py), so a reader starts in milliseconds. The write
-side (ONNX serialization, the MLflow flavor, the model card) is ``training.artifacts``.
+The index builder and the inference tier read bundles through this module only. It imports
+pydantic and millrace's bottom layer, never torch, MLflow, onnx, Beam or Feast (checked by
+import-linter and by tests/training/test_bundle.py), so a reader starts in a fraction of a second.
+The write side (ONNX serialization, the MLflow flavor, the model card) is ``training.artifacts``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
+
+from pydantic import ConfigDict, Field, model_validator
 
 from millrace.contracts.names import check_inside
+from millrace.contracts.records import Record
 from millrace.training.errors import RecordError
-from millrace.training.records import from_dict, from_json, to_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION: Final = 1
+_FIX = "the bundle is corrupt or incomplete; download or train it again"
 
 
-@dataclass(frozen=True)
-class Tensor:
+class _Record(Record):
+    corrupt: ClassVar[type[Exception]] = RecordError
+
+
+class Tensor(_Record):
     name: str
-    datatype: str                     # ONNX element type name: FLOAT, INT64, STRING
-    shape: tuple[int | str, ...]      # a str is a dynamic axis ("batch")
+    datatype: str = Field(description="ONNX element type name: FLOAT, INT64, STRING.")
+    shape: tuple[int | str, ...] = Field(description="A str is a dynamic axis ('batch').")
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(_Record):
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
 
 
-@dataclass(frozen=True)
-class InputInfo:
+class InputInfo(_Record):
     """How a model input was fitted (the lookup and normalization live in the graph)."""
 
     name: str
@@ -45,39 +48,47 @@ class InputInfo:
     dtype: str
     mean: float
     std: float
-    vocabulary: int                   # vocabulary size (the values themselves are in the graph)
+    vocabulary: int = Field(description="Vocabulary size (the values themselves are in the graph).")
 
 
-@dataclass(frozen=True)
-class Part:
-    files: dict[str, str]             # variant (fp32 | int8) -> file name in the bundle
-    sha256: dict[str, str]            # file name -> SHA-256 of its bytes
+class Part(_Record):
+    files: dict[str, str] = Field(description="Variant (fp32 | int8) -> file name in the bundle.")
+    sha256: dict[str, str] = Field(description="File name -> SHA-256 of its bytes.")
     served: Literal["fp32", "int8"]
     output: str
     signature: Signature
     inputs: tuple[InputInfo, ...]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Manifest:
+class Manifest(_Record):
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # an undefined metric (AUC of one class) is NaN
+
     format_version: Literal[1] = FORMAT_VERSION
     model: str
     registered_name: str
     family: str
     task: str
     primary: str
-    metrics: dict[str, float]         # the served variant's metrics on the holdout
+    metrics: dict[str, float] = Field(description="The served variant's metrics on the holdout.")
     run_id: str
     split_at: str
     time_column: str
     created_at: str
-    parts: dict[str, Part] = field(default_factory=dict)
+    parts: dict[str, Part] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_spelling(cls, data):
+        """Bundles written before the manifest was typed spell the version ``format``."""
+        if isinstance(data, dict) and "format" in data and "format_version" not in data:
+            data = {"format_version": data["format"], **{k: v for k, v in data.items() if k != "format"}}
+        return data
 
 
 def write_manifest(directory: str, manifest: Manifest) -> None:
     path = os.path.join(directory, MANIFEST)
     with open(path + ".tmp", "w") as f:
-        f.write(to_json(manifest))
+        f.write(manifest.to_json())
     os.replace(path + ".tmp", path)
 
 
@@ -87,21 +98,9 @@ def read_manifest(directory: str) -> Manifest:
         with open(path, "rb") as f:
             text = f.read()
     except OSError as exc:
-        raise RecordError(path, "(file)", f"cannot be read ({exc.strerror or exc})",
+        raise RecordError(path, f"cannot be read ({exc.strerror or exc})",
                           "point at a bundle folder (it holds manifest.json)") from None
-    return parse_manifest(text, path)
-
-
-def parse_manifest(text: str | bytes, file: str = MANIFEST) -> Manifest:
-    import json
-
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return from_json(Manifest, text, file)  # the same one-line error
-    if isinstance(data, dict) and "format" in data and "format_version" not in data:
-        data["format_version"] = data.pop("format")  # bundles written before the key was renamed
-    return from_dict(Manifest, data, file)
+    return Manifest.from_json(text, path, _FIX)
 
 
 def load_part(directory: str, manifest: Manifest, part: str, kind: str | None = None) -> bytes:
@@ -109,25 +108,23 @@ def load_part(directory: str, manifest: Manifest, part: str, kind: str | None = 
     only after the file name is checked to stay in the bundle and its SHA-256 matches."""
     where = os.path.join(directory, MANIFEST)
     if part not in manifest.parts:
-        raise RecordError(where, "parts", f"no part '{part}'", f"use one of {sorted(manifest.parts)}")
+        raise RecordError(where, f"parts: no part '{part}'", f"use one of {sorted(manifest.parts)}")
     entry = manifest.parts[part]
     kind = kind or entry.served
     if kind not in entry.files:
-        raise RecordError(where, f"parts.{part}.files", f"no '{kind}' file", f"use one of {sorted(entry.files)}")
+        raise RecordError(where, f"parts.{part}.files: no '{kind}' file", f"use one of {sorted(entry.files)}")
     name = entry.files[kind]
+    field = f"parts.{part}.files.{kind}"
     if not name or os.path.basename(name) != name or name in (".", ".."):
-        raise RecordError(where, f"parts.{part}.files.{kind}", f"bad file name {name!r}",
-                          "a bundle names files inside itself only")
-    path = check_inside(directory, name, where, f"parts.{part}.files.{kind}")
+        raise RecordError(where, f"{field}: bad file name {name!r}", "a bundle names files inside itself only")
+    path = check_inside(directory, name, where, field)
     if name not in entry.sha256:
-        raise RecordError(where, f"parts.{part}.sha256", f"no checksum for {name}", "write the bundle again")
+        raise RecordError(where, f"parts.{part}.sha256: no checksum for {name}", _FIX)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise RecordError(path, "(file)", f"cannot be read ({exc.strerror or exc})", "the bundle is incomplete; "
-                          "download it again") from None
+        raise RecordError(path, f"cannot be read ({exc.strerror or exc})", _FIX) from None
     if hashlib.sha256(data).hexdigest() != entry.sha256[name]:
-        raise RecordError(path, "(file)", f"SHA-256 does not match {MANIFEST}", "the bundle is corrupt; "
-                          "download it again")
+        raise RecordError(path, f"SHA-256 does not match {MANIFEST}", _FIX)
     return data

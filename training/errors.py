@@ -49,12 +49,13 @@ class RegistryUnavailable(TrainingError):
 
 class RecordError(TrainingError):
     """A record file (bundle manifest, lineage) or a bundle file is corrupt, incomplete or of an
-    unknown format: the message names the file, the field and the fix."""
+    unknown format: the message names the file, the problem and the fix. The signature is the one
+    ``contracts.records.Record.corrupt`` calls."""
 
     exit_code = EXIT_BAD_INPUT
 
-    def __init__(self, file, field: str, problem: str, fix: str = ""):
-        super().__init__(f"{file}: {field}: {problem}" + (f" (fix: {fix})" if fix else ""))
+    def __init__(self, file, problem: str, fix: str = ""):
+        super().__init__(f"{file}: {problem}" + (f" (fix: {fix})" if fix else ""))
 
 
 class NothingToRollBackTo(TrainingError):

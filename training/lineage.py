@@ -4,60 +4,54 @@ view builds, which code version. Built by ``pipelines.train``, read by training 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal, Optional
 
-from millrace.training.records import from_json, to_json
+from pydantic import Field
+
+from millrace.contracts.records import Record
+from millrace.training.errors import RecordError
 
 FORMAT_VERSION: Final = 1
 FILE = "lineage.json"
 
 
-@dataclass(frozen=True)
-class ContractRef:
+class _Record(Record):
+    corrupt: ClassVar[type[Exception]] = RecordError
+
+
+class ContractRef(_Record):
     id: str
     version: str
 
 
-@dataclass(frozen=True)
-class PartitionRef:
-    value: str                        # the partition key's value (e.g. a date)
-    run_id: str                       # the ingest run that committed it
+class PartitionRef(_Record):
+    value: str = Field(description="The partition key's value (e.g. a date).")
+    run_id: str = Field(description="The ingest run that committed it.")
     rows: int
-    contract_version: str | None
+    contract_version: Optional[str]
 
 
-@dataclass(frozen=True)
-class ExamplesLineage:
+class ExamplesLineage(_Record):
     source: str
     uri: str
     rows: int
-    digest: str                       # over the partition manifests the examples came from
+    digest: str = Field(description="Over the partition manifests the examples came from.")
     contract: ContractRef
     partitions: tuple[PartitionRef, ...] = ()
 
 
-@dataclass(frozen=True)
-class FeatureViewLineage:
+class FeatureViewLineage(_Record):
     uri: str
-    sha256: str                       # of the offline table
-    run_id: str                       # the build that wrote it
+    sha256: str = Field(description="Of the offline table.")
+    run_id: str = Field(description="The build that wrote it.")
     rows: int
     built_at: str
     features_yaml_sha256: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class Lineage:
+class Lineage(_Record):
     format_version: Literal[1] = FORMAT_VERSION
     examples: ExamplesLineage
-    contracts: dict[str, ContractRef] = field(default_factory=dict)
-    feature_views: dict[str, FeatureViewLineage] = field(default_factory=dict)
+    contracts: dict[str, ContractRef] = Field(default_factory=dict)
+    feature_views: dict[str, FeatureViewLineage] = Field(default_factory=dict)
     git_sha: str = "unknown"
-
-    def to_json(self) -> str:
-        return to_json(self)
-
-    @classmethod
-    def from_json(cls, text: str | bytes, file: str = FILE) -> Lineage:
-        return from_json(cls, text, file)

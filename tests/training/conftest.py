@@ -124,11 +124,13 @@ class Tiny:
         views = {}
         for view in resolve_refs(self.features, refs):
             m = offline.read_manifest(self.project.offline, view)
-            views[view] = FeatureViewLineage(f"file://{offline.data_path(self.project.offline, view)}", m["sha256"],
-                                             m["run_id"], m["rows"], m["built_at"], m["features_yaml_sha256"])
-        ref = ContractRef("ratings", "1.0.0")
-        return Lineage(examples=ExamplesLineage("ratings", "file:///tiny/ratings", self.ratings.num_rows, "tiny", ref),
-                       contracts={"ratings": ref}, feature_views=views, git_sha="test")
+            views[view] = FeatureViewLineage(uri=f"file://{offline.data_path(self.project.offline, view)}",
+                                             **{k: getattr(m, k) for k in ("sha256", "run_id", "rows", "built_at",
+                                                                           "features_yaml_sha256")})
+        ref = ContractRef(id="ratings", version="1.0.0")
+        examples = ExamplesLineage(source="ratings", uri="file:///tiny/ratings", rows=self.ratings.num_rows,
+                                   digest="tiny", contract=ref)
+        return Lineage(examples=examples, contracts={"ratings": ref}, feature_views=views, git_sha="test")
 
     def train(self, name: str, examples: pa.Table | None = None, **kwargs):
         from millrace.training.run import train

@@ -14,37 +14,44 @@ import pytest
 
 from millrace.contracts.errors import MillraceError
 from millrace.training import bundle
-from millrace.training.records import to_json
 from tests.conftest import ROOT
 from tests.training.test_records import manifest_v1
 
-HEAVY = ("torch", "mlflow", "apache_beam", "feast", "onnx", "onnxruntime", "numpy", "pyarrow", "pydantic",
+HEAVY = ("torch", "mlflow", "apache_beam", "feast", "onnx", "onnxruntime", "numpy", "pyarrow",
          "great_expectations", "sklearn")
-IMPORT_BUDGET_S = 0.5  # measured ~0.1 s here; torch alone takes ~3 s, mlflow ~3 s
+# Measured here (2 shared cores): ~0.35-0.47 s alone, most of it pydantic, which the serving tier
+# pays anyway to read millrace.yaml (millrace.contracts.project); ~20-25 ms on top of that. For
+# scale: torch alone takes ~3 s, mlflow ~3 s.
+ALONE_BUDGET_S, AFTER_PROJECT_BUDGET_S = 1.5, 0.2
+LIGHT = {"millrace", "yaml", "cython_runtime", "pydantic", "pydantic_core", "typing_extensions", "annotated_types",
+         "typing_inspection"}
 
 
-def _fresh_import() -> dict:
-    code = textwrap.dedent("""
+def _fresh_import(before: str = "") -> dict:
+    code = textwrap.dedent(f"""
         import json, sys, time
+        {before}
         start = time.perf_counter()
         import millrace.training.bundle
         took = time.perf_counter() - start
-        top = {m.split(".")[0] for m in sys.modules}
-        print(json.dumps({"s": took, "third_party": sorted(m for m in top - set(sys.stdlib_module_names)
-                                                            if not m.startswith("_"))}))
+        top = {{m.split(".")[0] for m in sys.modules}}
+        print(json.dumps({{"s": took, "third_party": sorted(m for m in top - set(sys.stdlib_module_names)
+                                                              if not m.startswith("_"))}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
 def test_reader_imports_no_heavy_package_and_imports_fast():
-    runs = [_fresh_import() for _ in range(3)]
-    loaded = set(runs[0]["third_party"])
+    alone = [_fresh_import() for _ in range(3)]
+    loaded = set(alone[0]["third_party"])
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
-    assert loaded <= {"millrace", "yaml", "cython_runtime"}, loaded  # yaml (C): millrace.contracts.__init__
-    best = min(r["s"] for r in runs)
-    print(f"import millrace.training.bundle: {best * 1000:.0f} ms (best of 3)")
-    assert best < IMPORT_BUDGET_S
+    assert loaded <= LIGHT, loaded - LIGHT
+    after = [_fresh_import("import millrace.contracts.project") for _ in range(3)]
+    best_alone, best_after = min(r["s"] for r in alone), min(r["s"] for r in after)
+    print(f"import millrace.training.bundle: {best_alone * 1000:.0f} ms alone, {best_after * 1000:.0f} ms after "
+          f"millrace.contracts.project (best of 3)")
+    assert best_alone < ALONE_BUDGET_S and best_after < AFTER_PROJECT_BUDGET_S
 
 
 CONTRACT = """
@@ -56,7 +63,7 @@ include_external_packages = true
 [[tool.importlinter.contracts]]
 name = "the bundle reader loads no torch, MLflow, onnx, Beam or Feast"
 type = "forbidden"
-source_modules = ["millrace.training.bundle", "millrace.training.records", "millrace.training.lineage"]
+source_modules = ["millrace.training.bundle", "millrace.training.lineage"]
 forbidden_modules = ["torch", "mlflow", "onnx", "onnxruntime", "apache_beam", "feast"]
 """
 
@@ -75,7 +82,7 @@ def test_import_linter_contract_for_the_reader_holds(tmp_path):
 
 def _bundle(folder: Path, data: bytes = b"onnx bytes", name: str = "user_encoder.int8.onnx", **part) -> None:
     (folder / "user_encoder.int8.onnx").write_bytes(data)
-    manifest = json.loads(to_json(manifest_v1()))
+    manifest = json.loads(manifest_v1().to_json())
     entry = manifest["parts"]["user_encoder"]
     entry["files"]["int8"] = name
     entry["sha256"] = {name: hashlib.sha256(b"onnx bytes").hexdigest()}
@@ -92,7 +99,7 @@ def test_reads_a_part_after_checking_its_checksum(tmp_path):
 
 def test_a_bundle_of_the_first_writer_still_reads(tmp_path):
     """Bundles written before the manifest was typed spell the version "format"."""
-    data = json.loads(to_json(manifest_v1()))
+    data = json.loads(manifest_v1().to_json())
     data["format"] = data.pop("format_version")
     (tmp_path / bundle.MANIFEST).write_text(json.dumps(data))
     assert bundle.read_manifest(str(tmp_path)) == manifest_v1()
@@ -144,5 +151,5 @@ def test_a_corrupt_manifest_is_one_line(tmp_path, text):
 
 
 def test_a_missing_manifest_is_one_line(tmp_path):
-    with pytest.raises(MillraceError, match="manifest.json: \\(file\\): cannot be read"):
+    with pytest.raises(MillraceError, match="manifest.json: cannot be read"):
         bundle.read_manifest(str(tmp_path))
