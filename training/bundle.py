@@ -25,22 +25,24 @@ FORMAT_VERSION: Final = 1
 _FIX = "the bundle is corrupt or incomplete; download or train it again"
 
 
-class _Record(Record):
+class BundleRecord(Record):
+    """A record stored in a bundle (the manifest, the lineage): corrupt is a RecordError."""
+
     corrupt: ClassVar[type[Exception]] = RecordError
 
 
-class Tensor(_Record):
+class Tensor(BundleRecord):
     name: str
     datatype: str = Field(description="ONNX element type name: FLOAT, INT64, STRING.")
     shape: tuple[int | str, ...] = Field(description="A str is a dynamic axis ('batch').")
 
 
-class Signature(_Record):
+class Signature(BundleRecord):
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
 
 
-class InputInfo(_Record):
+class InputInfo(BundleRecord):
     """How a model input was fitted (the lookup and normalization live in the graph)."""
 
     name: str
@@ -51,7 +53,7 @@ class InputInfo(_Record):
     vocabulary: int = Field(description="Vocabulary size (the values themselves are in the graph).")
 
 
-class Part(_Record):
+class Part(BundleRecord):
     files: dict[str, str] = Field(description="Variant (fp32 | int8) -> file name in the bundle.")
     sha256: dict[str, str] = Field(description="File name -> SHA-256 of its bytes.")
     served: Literal["fp32", "int8"]
@@ -60,7 +62,7 @@ class Part(_Record):
     inputs: tuple[InputInfo, ...]
 
 
-class Manifest(_Record):
+class Manifest(BundleRecord):
     model_config = ConfigDict(ser_json_inf_nan="constants")  # an undefined metric (AUC of one class) is NaN
 
     format_version: Literal[1] = FORMAT_VERSION

@@ -4,34 +4,29 @@ view builds, which code version. Built by ``pipelines.train``, read by training 
 """
 from __future__ import annotations
 
-from typing import ClassVar, Final, Literal, Optional
+from typing import Final, Literal, Optional
 
 from pydantic import Field
 
-from millrace.contracts.records import Record
-from millrace.training.errors import RecordError
+from millrace.training.bundle import BundleRecord
 
 FORMAT_VERSION: Final = 1
 FILE = "lineage.json"
 
 
-class _Record(Record):
-    corrupt: ClassVar[type[Exception]] = RecordError
-
-
-class ContractRef(_Record):
+class ContractRef(BundleRecord):
     id: str
     version: str
 
 
-class PartitionRef(_Record):
+class PartitionRef(BundleRecord):
     value: str = Field(description="The partition key's value (e.g. a date).")
     run_id: str = Field(description="The ingest run that committed it.")
     rows: int
     contract_version: Optional[str]
 
 
-class ExamplesLineage(_Record):
+class ExamplesLineage(BundleRecord):
     source: str
     uri: str
     rows: int
@@ -40,7 +35,7 @@ class ExamplesLineage(_Record):
     partitions: tuple[PartitionRef, ...] = ()
 
 
-class FeatureViewLineage(_Record):
+class FeatureViewLineage(BundleRecord):
     uri: str
     sha256: str = Field(description="Of the offline table.")
     run_id: str = Field(description="The build that wrote it.")
@@ -49,7 +44,7 @@ class FeatureViewLineage(_Record):
     features_yaml_sha256: str
 
 
-class Lineage(_Record):
+class Lineage(BundleRecord):
     format_version: Literal[1] = FORMAT_VERSION
     examples: ExamplesLineage
     contracts: dict[str, ContractRef] = Field(default_factory=dict)
