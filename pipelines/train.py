@@ -9,6 +9,8 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
+
 from millrace.contracts.project import Project
 from millrace.features import offline
 from millrace.features.spec import Features
@@ -23,11 +25,15 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
     source = spec.examples.source
     contract = project.contract(source)
     key = contract.partitioning.key
-    parts = lake.committed_partitions(project.lake, source, key)
-    table = lake.read_source(project.lake, source, key)
+    # one read: each partition's rows with the manifest they were read at, so the lineage names
+    # exactly the commits the examples came from even when an ingest commits meanwhile
+    pairs = lake.snapshot(project.lake, source, key)
+    parts = [p for p, _ in pairs]
+    tables = [t.append_column(key, pa.repeat(pa.scalar(p.value), t.num_rows)) for p, t in pairs]
+    table = pa.concat_tables(tables) if tables else pa.table({})
     refs = spec.features or (spec.user.features + spec.item.features)
     views = resolve_refs(features, refs) if refs else {}
-    digest = hashlib.sha256("".join(f"{p.value}:{p.manifest['run_id']}:{p.manifest['rows']}" for p in parts)
+    digest = hashlib.sha256("".join(f"{p.value}:{p.manifest.run_id}:{p.manifest.rows}" for p in parts)
                             .encode()).hexdigest()
     contracts = {source: ContractRef(id=contract.id, version=contract.version)}
     feature_views = {}
@@ -42,9 +48,8 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
     examples = ExamplesLineage(
         source=source, uri=_uri(lake.join(project.lake, source)), rows=table.num_rows, digest=digest,
         contract=contracts[source],
-        partitions=tuple(PartitionRef(value=str(p.value), run_id=p.manifest["run_id"], rows=p.manifest["rows"],
-                                      contract_version=p.manifest.get("contract", {}).get("version"))
-                         for p in parts))
+        partitions=tuple(PartitionRef(value=str(p.value), run_id=p.manifest.run_id, rows=p.manifest.rows,
+                                      contract_version=p.manifest.contract.version) for p in parts))
     lineage = Lineage(examples=examples, contracts=contracts, feature_views=feature_views,
                       git_sha=git_sha(project.root))
     return table, contract.event_time, lineage
