@@ -28,7 +28,10 @@ TRAINING_POINTS = (            # training (training/)
     "after_register",          # a model version registered, no alias moved
     "after_alias_move",        # champion moved, its alias log entry not yet written
 )
-POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS
+NIGHTLY_POINTS = (             # the nightly chain (pipelines/nightly.py)
+    "before_training",         # features rebuilt and materialized, models not yet trained
+)
+POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS + NIGHTLY_POINTS
 _seen: dict[str, int] = {}
 
 
