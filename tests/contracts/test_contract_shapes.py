@@ -192,6 +192,7 @@ MILLRACE = [sys.executable, "-m", "millrace.pipelines.cli"]
 CLI_CASES = ("field name with a dot", "enum entry wrong type", "minimum beyond float")
 
 
+@pytest.mark.slow
 def test_cli_lint_exits_2_with_one_line_per_bad_file(tmp_path):
     paths = []
     for i, case in enumerate(CLI_CASES):

@@ -91,6 +91,7 @@ def test_a_garbled_registry_is_one_line(typed, garble):
         _assert_names(info.value, path, "registry", "millrace features build")
 
 
+@pytest.mark.slow
 def test_the_cli_says_it_in_one_line_with_exit_2(typed, tmp_path):
     project, _, _ = typed
     path = Path(feast_repo.registry_path(project))

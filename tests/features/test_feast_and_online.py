@@ -287,6 +287,7 @@ def background(base, tmp_path_factory):
 
 # -- Feast round trip -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_first_materialize_writes_every_entity(base, background):  # background: start the slow jobs now
     e, _, reports = base
     assert set(by_view(reports)) == set(VIEWS)
@@ -317,6 +318,7 @@ def test_online_reader_keeps_key_order_and_feature_subset(base):
     assert table.to_pylist() == [{k: w[k] for k in table.column_names} for w in want]
 
 
+@pytest.mark.slow
 def test_stock_feast_cli_lists_and_applies_the_generated_repo(background):
     e, (applied, listed) = background["feast_cli"].result()
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -449,14 +451,17 @@ def test_ranged_builds_give_the_same_table_as_a_full_build(base, tmp_path, monke
 
 # -- one-line errors from the CLI -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_materialize_with_nothing_built(background):
     assert_one_line_error(background["materialize_unbuilt"].result(), "features build")
 
 
+@pytest.mark.slow
 def test_cli_get_unknown_feature_view(background):
     assert_one_line_error(background["get_unknown"].result(), "unknown feature view 'nope'", "user_activity")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ref", ["nope:rating_count_all", "nope"])
 def test_cli_training_set_unknown_feature_view(background, ref):
     proc, output = background[f"training_set_{ref}"].result()
@@ -464,11 +469,13 @@ def test_cli_training_set_unknown_feature_view(background, ref):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_cli_materialize_to_unreachable_redis_set_at_materialize(background):
     """Built and applied with the default store, then `features materialize` with
     MILLRACE_ONLINE_STORE pointing at a Redis that is down: the configured store is the target."""
     assert_one_line_error(background["redis_set_at_materialize"].result(), "6390")
 
 
+@pytest.mark.slow
 def test_cli_materialize_to_unreachable_redis_set_at_build(background):
     assert_one_line_error(background["redis_set_at_build"].result(), "6390")

@@ -56,6 +56,7 @@ def _leftovers(e) -> list[Path]:
     return [p for p in Path(e.project.offline).rglob("*") if p.is_file() and p.name not in (offline.DATA, offline.MANIFEST)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", BUILD_POINTS)
 def test_a_killed_build_converges_on_rerun(reference, point, tmp_path, monkeypatch):
     e = clone_state(monkeypatch, reference, tmp_path / "state", parts=("landing", "lake"))
@@ -68,6 +69,7 @@ def test_a_killed_build_converges_on_rerun(reference, point, tmp_path, monkeypat
     assert _leftovers(e) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nth", [1, 3])
 def test_a_killed_materialize_converges_on_rerun(reference, nth, tmp_path, monkeypatch):
     e = clone_state(monkeypatch, reference, tmp_path / "state")

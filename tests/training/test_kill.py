@@ -26,6 +26,7 @@ def test_every_training_point_is_killed_here():
     assert set(KILLS) == set(TRAINING_POINTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILLS))
 def test_killed_training_converges_on_rerun(tiny, point):
     env = {**os.environ, "MILLRACE_KILL_AT": KILLS[point]}
