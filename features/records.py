@@ -4,9 +4,6 @@ reports and the record of what an online store holds.
 Each is a frozen pydantic model with a ``format_version`` and one JSON round trip (``to_json`` /
 ``from_json``); ``tests/golden/features/`` holds one file per record and format version. A record
 that does not parse (truncated, emptied, another shape) is a ``CorruptTable`` naming the file.
-
-Records still answer ``record["field"]`` and ``record.get("field")`` (read only, declared fields
-only) so callers written against the former dicts keep working while they move to attributes.
 """
 from __future__ import annotations
 
@@ -18,15 +15,6 @@ from millrace.features.errors import CorruptTable
 
 class Record(_Base):
     corrupt = CorruptTable
-
-    # Transitional read access by key, for callers not yet moved to attributes.
-    def __getitem__(self, key: str):
-        if key not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default=None):
-        return getattr(self, key) if key in type(self).model_fields else default
 
 
 class LakeInput(Record):

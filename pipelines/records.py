@@ -4,9 +4,6 @@ landing problems and lock holders.
 Each is a ``contracts.records.Record`` (frozen pydantic, a ``format_version``, one JSON round trip);
 ``tests/golden/pipelines/`` holds one file per record and format version. A record that does not
 parse (truncated, emptied, wrong shape) raises ``CorruptFile`` naming the file.
-
-Records still answer ``record["field"]`` and ``record.get("field")`` (read only, declared fields
-only) so callers written against the former dicts keep working while they move to attributes.
 """
 from __future__ import annotations
 
@@ -18,15 +15,6 @@ from millrace.pipelines.errors import CorruptFile
 
 class Record(_Base):
     corrupt = CorruptFile
-
-    # Transitional read access by key, for callers not yet moved to attributes.
-    def __getitem__(self, key: str):
-        if key not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default=None):
-        return getattr(self, key) if key in type(self).model_fields else default
 
 
 # -- pieces ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_nightly_ingests_every_landed_record(nightly_state):
     project = load_project(EXAMPLE)
     for source, key, good_rows in (("ratings", "month", 100_004), ("movies", "dt", 9_066)):
         parts = lake.committed_partitions(project.lake, source, key)
-        landed = sum(i["records"] for p in parts for i in p.manifest["inputs"])
+        landed = sum(i.records for p in parts for i in p.manifest.inputs)
         good = lake.read_source(project.lake, source, key)
         quarantine = lake.read_quarantine(project.quarantine, project.lake, source, key)
         assert good.num_rows + quarantine.num_rows == landed
