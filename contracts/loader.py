@@ -25,6 +25,7 @@ from millrace.contracts.model import (
     TIMESTAMP_ENCODINGS,
     Contract,
     Field,
+    LandingFormat,
     Partitioning,
     TableCheck,
 )
@@ -233,8 +234,33 @@ def _compile(path: Path, model, data: dict) -> Contract:
         fields=fields,
         partitioning=Partitioning(key=partition_key, granularity=granularity, field=event_time),
         event_time=event_time, quarantine_threshold=float(threshold), future_tolerance_seconds=tolerance,
-        table_checks=tuple(checks), raw=data,
+        table_checks=tuple(checks), landing=_landing_format(path, at, custom), raw=data,
     )
+
+
+def _one_char(path: Path, at: str, value, default: str, what: str) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
+        raise ContractError(path, at, f"{describe(value)} is not one character",
+                            f"write one {what} character in quotes, e.g. '{default}'")
+    return value
+
+
+def _landing_format(path: Path, at: str, custom: dict) -> LandingFormat:
+    """csvDelimiter, csvQuote and nullTokens: how the source's landing files spell fields and nulls."""
+    delimiter = _one_char(path, f"{at}.csvDelimiter", custom.get("csvDelimiter"), ",", "delimiter")
+    quote = _one_char(path, f"{at}.csvQuote", custom.get("csvQuote"), '"', "quote")
+    if delimiter == quote:
+        raise ContractError(path, f"{at}.csvQuote", f"'{quote}' is also the delimiter",
+                            "use different characters for csvDelimiter and csvQuote")
+    tokens = custom.get("nullTokens", [""])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ContractError(path, f"{at}.nullTokens", f"is {describe(tokens)}, where a list of texts belongs",
+                            "list the texts read as null in quotes, e.g. ['', 'NA', 'null']")
+    # Cells are compared with surrounding whitespace trimmed, as coercion reads them.
+    return LandingFormat(csv_delimiter=delimiter, csv_quote=quote,
+                         null_tokens=tuple(dict.fromkeys([""] + [t.strip() for t in tokens])))
 
 
 def _compile_field(path: Path, where: str, prop) -> Field:

@@ -47,6 +47,16 @@ class Partitioning:
 
 
 @dataclass(frozen=True)
+class LandingFormat:
+    """How the source's text files are spelled: CSV delimiter and quote, and the cell texts read as
+    null in every text-carrying format (an empty cell is always null)."""
+
+    csv_delimiter: str = ","
+    csv_quote: str = '"'
+    null_tokens: tuple[str, ...] = ("",)
+
+
+@dataclass(frozen=True)
 class TableCheck:
     """A dataset-level quality rule from the contract (rowCount, nullValues...), checked by Great Expectations."""
 
@@ -71,6 +81,7 @@ class Contract:
     quarantine_threshold: float
     future_tolerance_seconds: int
     table_checks: tuple[TableCheck, ...] = ()
+    landing: LandingFormat = LandingFormat()
     raw: dict = dc_field(default_factory=dict, compare=False, repr=False)
 
     @property

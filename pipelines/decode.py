@@ -66,7 +66,7 @@ def decode_file(contract: Contract, source: str, landing: LandingFile, data: byt
                 file_index: int = 0) -> Decoded:
     """Decode one landing file. ``file_index`` is its position among its partition's files (the
     provenance kept on good rows so that duplicates can be traced back to their line)."""
-    records = read_records(landing.path, data, contract.field_names)
+    records = read_records(landing.path, data, contract.field_names, contract.landing)
     n = records.text.num_rows
     verdicts = Verdicts(records.reason, records.field)
     columns = {}

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from millrace.contracts.arrow import is_stringish
+from millrace.contracts.model import LandingFormat
 from millrace.validation.reasons import BAD_ENCODING, MALFORMED_RECORD, MISSING_COLUMN
 
 BOM = b"\xef\xbb\xbf"
@@ -50,19 +52,22 @@ def format_of(path: str) -> str | None:
     return None
 
 
-def read_records(path: str, data: bytes, fields: tuple[str, ...]) -> RawRecords:
+def read_records(path: str, data: bytes, fields: tuple[str, ...], landing: LandingFormat | None = None) -> RawRecords:
+    """``landing``: the source's CSV delimiter and quote and its null tokens (default: comma,
+    double quote, only an empty cell is null)."""
+    landing = landing or LandingFormat()
     fmt = format_of(path)
     digest = hashlib.sha256(data).hexdigest()
     size = len(data)
     if fmt != "parquet" and data.startswith(BOM):
         data = data[len(BOM):]  # a byte-order mark is not content; line numbers stay the same
     if fmt == "parquet":
-        text, raw, line, reason, field = _read_parquet(data, fields)
+        text, raw, line, reason, field = _read_parquet(data, fields, landing)
     else:
         lines = _split_lines(data)
         bad_utf8 = _bad_utf8_lines(data, lines)
         reader = _read_csv if fmt == "csv" else _read_jsonl
-        text, raw, line, reason, field = reader(lines, bad_utf8, fields)
+        text, raw, line, reason, field = reader(lines, bad_utf8, fields, landing)
     return RawRecords(text=text, line=line, raw=raw, reason=reason, field=field, sha256=digest, size=size)
 
 
@@ -132,7 +137,9 @@ def _blank(lines: _Lines) -> np.ndarray:
 
 # -- CSV -------------------------------------------------------------------------------------
 
-def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
+def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields, landing: LandingFormat):
+    import csv
+
     import pyarrow.csv as pcsv
 
     blank = _blank(lines)
@@ -143,7 +150,8 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
     data_idx = nonblank[1:]
     raw_all = lines.array()
     header = raw_all[int(header_idx)].as_py().decode("utf-8", "replace")
-    columns = [c.strip().strip('"') for c in header.split(",")]
+    columns = [c.strip() for c in next(csv.reader([header], delimiter=landing.csv_delimiter,
+                                                  quotechar=landing.csv_quote), [])]
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:
         raise UnreadableFile(f"malformed CSV header: column {twice[0]!r} appears {columns.count(twice[0])} times "
@@ -157,7 +165,7 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
     candidates = np.setdiff1d(data_idx, bad_utf8, assume_unique=True)
     if not len(candidates):  # header only, or every line undecodable
         empty = pa.table({c: pa.array([], pa.string()) for c in columns})
-        return _assemble(lines, raw_all, data_idx, candidates, _text_columns(empty, fields, 0),
+        return _assemble(lines, raw_all, data_idx, candidates, _text_columns(empty, fields, 0, landing),
                          np.array([], np.int64), bad_utf8, columns, fields)
     # Bad UTF-8 lines are blanked out before parsing, then reported on their own.
     body = lines.data[lines.starts[header_idx]:]
@@ -166,7 +174,8 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
     table = pcsv.read_csv(
         io.BytesIO(body),
         read_options=pcsv.ReadOptions(use_threads=True, block_size=16 << 20),
-        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=False),
+        parse_options=pcsv.ParseOptions(delimiter=landing.csv_delimiter, quote_char=landing.csv_quote,
+                                        invalid_row_handler=on_invalid, newlines_in_values=False),
         # Bad UTF-8 lines were removed above, so the columns can be read as text directly.
         convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in columns},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
@@ -174,8 +183,8 @@ def _read_csv(lines: _Lines, bad_utf8: np.ndarray, fields):
     invalid_idx = _locate(raw_all, candidates, invalid_texts)
     parsed_idx = np.setdiff1d(candidates, invalid_idx, assume_unique=True)
     if len(parsed_idx) != table.num_rows:
-        return _read_csv_slow(lines, data_idx, bad_utf8, columns, fields)
-    text = _text_columns(table, fields, table.num_rows)
+        return _read_csv_slow(lines, data_idx, bad_utf8, columns, fields, landing)
+    text = _text_columns(table, fields, table.num_rows, landing)
     return _assemble(lines, raw_all, data_idx, parsed_idx, text, invalid_idx, bad_utf8, columns, fields)
 
 
@@ -204,7 +213,7 @@ def _locate(raw: pa.Array, candidates: np.ndarray, texts: list[bytes]) -> np.nda
     return np.array(found, dtype=np.int64)
 
 
-def _read_csv_slow(lines, data_idx, bad_utf8, columns, fields):
+def _read_csv_slow(lines, data_idx, bad_utf8, columns, fields, landing):
     """Quoted values spanning lines: parse line by line with the csv module (rare path)."""
     import csv
 
@@ -214,7 +223,7 @@ def _read_csv_slow(lines, data_idx, bad_utf8, columns, fields):
         if i in bad_set:
             continue
         raw = lines.data[lines.starts[i]:lines.ends[i]].decode("utf-8")
-        values = next(csv.reader([raw]), [])
+        values = next(csv.reader([raw], delimiter=landing.csv_delimiter, quotechar=landing.csv_quote), [])
         if len(values) != len(columns):
             invalid.append(i)
             continue
@@ -223,13 +232,13 @@ def _read_csv_slow(lines, data_idx, bad_utf8, columns, fields):
     text = pa.table({c: pa.array([r[j] for r in rows], pa.string()) for j, c in enumerate(columns)}) if rows \
         else pa.table({c: pa.array([], pa.string()) for c in columns})
     raw_all = lines.array()
-    return _assemble(lines, raw_all, data_idx, np.array(parsed, dtype=np.int64), _text_columns(text, fields, len(rows)),
+    return _assemble(lines, raw_all, data_idx, np.array(parsed, dtype=np.int64), _text_columns(text, fields, len(rows), landing),
                      np.array(invalid, dtype=np.int64), bad_utf8, columns, fields)
 
 
 # -- JSON lines ------------------------------------------------------------------------------
 
-def _read_jsonl(lines: _Lines, bad_utf8: np.ndarray, fields):
+def _read_jsonl(lines: _Lines, bad_utf8: np.ndarray, fields, landing: LandingFormat):
     import pyarrow.json as pj
 
     blank = _blank(lines)
@@ -239,17 +248,18 @@ def _read_jsonl(lines: _Lines, bad_utf8: np.ndarray, fields):
         try:
             table = pj.read_json(io.BytesIO(lines.data), read_options=pj.ReadOptions(block_size=16 << 20))
             if table.num_rows == len(data_idx):
-                text = _text_columns(table, fields, table.num_rows)
+                text = _text_columns(table, fields, table.num_rows, landing)
                 return _assemble(lines, raw_all, data_idx, data_idx, text, np.array([], np.int64), bad_utf8,
                                  table.column_names, fields)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # a broken or mixed-type line somewhere: take the line-by-line path below
-    return _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields)
+    return _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields, landing)
 
 
-def _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields):
+def _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields, landing):
     bad_set = set(bad_utf8.tolist())
     values = {f: [] for f in fields}
+    tokens = set(landing.null_tokens)
     parsed, invalid = [], []
     seen_columns: set[str] = set()
     for i in data_idx:
@@ -265,7 +275,9 @@ def _read_jsonl_slow(lines, raw_all, data_idx, bad_utf8, fields):
             continue
         seen_columns.update(record)
         for f in fields:
-            values[f].append(_json_text(record.get(f)))
+            value = record.get(f)
+            # JSON strings only: a number or boolean is never a null token (this path is per line anyway).
+            values[f].append(None if isinstance(value, str) and value.strip() in tokens else _json_text(value))
         parsed.append(i)
     text = pa.table({f: pa.array(values[f], pa.string()) for f in fields})
     columns = list(seen_columns) if parsed else list(fields)
@@ -285,12 +297,12 @@ def _json_text(value):
 
 # -- Parquet ---------------------------------------------------------------------------------
 
-def _read_parquet(data: bytes, fields):
+def _read_parquet(data: bytes, fields, landing: LandingFormat):
     import pyarrow.parquet as pq
 
     table = pq.read_table(pa.py_buffer(data))
     n = table.num_rows
-    text = _text_columns(table, fields, n)
+    text = _text_columns(table, fields, n, landing)
     # Raw payload of a Parquet row: the row as JSON, built only for rows that need it (see payloads()).
     raw = _LazyJson(table)
     reason, field = _missing_columns(table.column_names, fields, n)
@@ -313,12 +325,29 @@ class _LazyJson:
 
 # -- shared ----------------------------------------------------------------------------------
 
-def _text_columns(table: pa.Table, fields, n: int) -> pa.Table:
-    """The contract's fields as text columns; absent ones all null."""
+def _text_columns(table: pa.Table, fields, n: int, landing: LandingFormat) -> pa.Table:
+    """The contract's fields as text columns; absent ones all null. Text source columns have the
+    source's null tokens turned into nulls (a JSON or Parquet number is never a token)."""
     cols = {}
     for f in fields:
-        cols[f] = table.column(f).combine_chunks().cast(pa.string()) if f in table.column_names else pa.nulls(n, pa.string())
+        if f not in table.column_names:
+            cols[f] = pa.nulls(n, pa.string())
+            continue
+        column = table.column(f).combine_chunks()
+        text = column.cast(pa.string())
+        if is_stringish(column.type):
+            text = _null_tokens(text, landing.null_tokens)
+        cols[f] = text
     return pa.table(cols)
+
+
+def _null_tokens(text: pa.Array, tokens: tuple[str, ...]) -> pa.Array:
+    """``text`` with the cells whose trimmed text is a null token set to null, vectorized. Only the
+    empty token (always null downstream, in coercion): nothing to do."""
+    if not any(tokens):
+        return text
+    hit = pc.is_in(pc.utf8_trim_whitespace(text), value_set=pa.array([t for t in tokens if t], pa.string()))
+    return pc.if_else(hit, pa.scalar(None, pa.string()), text)
 
 
 def _missing_columns(columns, fields, n):
