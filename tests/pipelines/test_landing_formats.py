@@ -95,3 +95,37 @@ def test_a_bad_landing_option_is_one_line_at_load(tmp_path, prop, value, problem
     message = str(err.value)
     assert "\n" not in message and f"customProperties.{prop}" in message and problem in message
     assert "c.yaml" in message and "fix:" in message
+
+
+def test_custom_delimiter_keeps_lines_right_around_bad_utf8_and_crlf(tmp_path):
+    contract = _contract(tmp_path, EXAMPLES[0])
+    data = b"sensor;value;status\r\n\r\na;NA;ok\r\nb\xff;1;ok\r\nb;null;'degraded'\r\n"
+    good, bad, rows = _decode(contract, "csv", data)
+    assert good == [{"sensor": "a", "value": None, "status": "ok"}, {"sensor": "b", "value": None, "status": "degraded"}]
+    assert bad == [(4, "bad_encoding", None)]
+    assert rows[0]["payload"] == b"b\xff;1;ok"
+
+
+def test_parquet_string_columns_take_the_null_tokens(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    contract = _contract(tmp_path, EXAMPLES[0])
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"sensor": ["a", "NA"], "value": ["NA", "2"], "status": ["ok", "null"]}), buf)
+    good, bad, _ = _decode(contract, "parquet", buf.getvalue())
+    assert good == [{"sensor": "a", "value": None, "status": "ok"}]
+    assert bad == [(2, "missing_required", "sensor")]
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"sensor;value;status\n'a;1;ok\nb;NA;ok\n", [(2, "malformed_record", None)]),
+    (b"sensor;value;status\na;1;'o\nk'\nb;NA;ok\n", [(2, "not_in_enum", "status"), (3, "malformed_record", None)]),
+], ids=["unterminated quote", "quoted line break"])
+def test_line_by_line_path_uses_the_same_delimiter_quote_and_tokens(tmp_path, data, expected):
+    contract = _contract(tmp_path, EXAMPLES[0])
+    good, bad, _ = _decode(contract, "csv", data)
+    assert good == [{"sensor": "b", "value": None, "status": "ok"}]
+    assert sorted(bad) == expected
