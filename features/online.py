@@ -9,6 +9,7 @@ with Feast and compares our read with Feast's, value for value.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import struct
 import threading
@@ -20,15 +21,21 @@ from millrace.contracts.errors import is_unreachable
 from millrace.contracts.project import Project
 from millrace.features import stores, wire
 from millrace.features.errors import FeatureError, NothingBuilt, StoreUnavailable, UnknownFeature
-from millrace.features.spec import Features
+from millrace.features.spec import Features, duration
 
 _KEY_TYPES = {pa.int64(): wire.INT64, pa.int32(): wire.INT32, pa.string(): wire.STRING}
 _CHUNK = 500  # keys per SQL statement / Redis pipeline
+UTC = dt.timezone.utc
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
 
 
 class OnlineReader:
-    def __init__(self, project: Project, features: Features):
-        self.project, self.features = project, features
+    def __init__(self, project: Project, features: Features, *, clock=_utcnow):
+        """``clock()`` is "now" for the ttl (an aware datetime); tests pin it."""
+        self.project, self.features, self.clock = project, features, clock
         self.kind = stores.online_kind(project)
         self._lock = threading.Lock()
         self._sqlite = None
@@ -36,7 +43,10 @@ class OnlineReader:
         self._tables: set[str] = set()
 
     def read(self, view: str, keys, feature_names: list[str] | None = None) -> pa.Table:
-        """One row per key, in order: the key, then each feature (null where the store has none)."""
+        """One row per key, in order: the key, then each feature (null where the store has none).
+
+        A key whose stored event time is older than ``clock() - ttl`` of the view reads as all
+        nulls, as the point-in-time join treats it; a ttl of 0 (the default) never expires."""
         self.features.view(view)  # UnknownFeature with the valid names
         names = list(feature_names or self.features.feature_names(view))
         types = self.features.types[view]
@@ -63,6 +73,11 @@ class OnlineReader:
                                        f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]} "
                                        f"(fix: start it or check feature_store.online_store)") from None
             raise
+        ttl = duration(self.features.view(view).ttl)
+        if ttl:  # None ('all') or 0: values never expire
+            oldest = self.clock() - ttl
+            raw = [row if row is None or row[1] is None or row[1] >= oldest else None for row in raw]
+        raw = [row[0] if row else None for row in raw]
         columns = {join_key: pa.array(values, key_type)}
         for i, name in enumerate(names):
             columns[name] = _column(view, name, types[name], [row[i] if row else None for row in raw])
@@ -73,7 +88,8 @@ class OnlineReader:
 
     # -- SQLite: table "<project>_<view>", one row per (entity_key, feature_name) -----------------------
 
-    def _read_sqlite(self, view: str, keys: list[bytes | None], names: list[str]) -> list[list | None]:
+    def _read_sqlite(self, view: str, keys: list[bytes | None], names: list[str]) -> list[tuple | None]:
+        """Per key: (values in ``names`` order, the latest stored event time or None)."""
         import sqlite3
 
         path = stores.sqlite_path(self.project)
@@ -98,22 +114,27 @@ class OnlineReader:
                 self._tables.add(table)
             position = {n: i for i, n in enumerate(names)}
             found_rows: dict[bytes, list] = {}
+            stamps: dict[bytes, dt.datetime] = {}
             wanted = [k for k in dict.fromkeys(keys) if k is not None]
             quoted = '"' + table.replace('"', '""') + '"'
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start:start + _CHUNK]
-                sql = (f"SELECT entity_key, feature_name, value FROM {quoted} WHERE entity_key IN "
+                sql = (f"SELECT entity_key, feature_name, value, event_ts FROM {quoted} WHERE entity_key IN "
                        f"({','.join('?' * len(chunk))}) AND feature_name IN ({','.join('?' * len(names))})")
-                for key, feature, value in con.execute(sql, [*chunk, *names]):
+                for key, feature, value, event_ts in con.execute(sql, [*chunk, *names]):
                     found_rows.setdefault(key, [None] * len(names))[position[feature]] = value
-        return [found_rows.get(k) if k is not None else None for k in keys]
+                    at = _sqlite_time(event_ts)
+                    if at is not None and (key not in stamps or at > stamps[key]):
+                        stamps[key] = at
+        return [(found_rows[k], stamps.get(k)) if k in found_rows else None for k in keys]
 
     # -- Redis: hash "<entity key><project>", field murmur3("<view>:<feature>") ------------------------
 
-    def _read_redis(self, view: str, keys: list[bytes | None], names: list[str]) -> list[list | None]:
+    def _read_redis(self, view: str, keys: list[bytes | None], names: list[str]) -> list[tuple | None]:
+        """Per key: (values in ``names`` order, the ``_ts:<view>`` event time or None)."""
         if self._redis is None:
             self._redis = stores.redis_client(self.project.online_store)
-        fields = [_field(view, n) for n in names]
+        fields = [_field(view, n) for n in names] + [f"_ts:{view}".encode("utf-8")]
         suffix = self.project.name.encode("utf-8")
         wanted = [k for k in keys if k is not None]
         replies: list = []
@@ -125,12 +146,36 @@ class OnlineReader:
                     pipe.hmget(key + suffix, fields)
                 replies += pipe.execute()
         it = iter(replies)
-        return [next(it) if k is not None else None for k in keys]
+        rows = [next(it) if k is not None else None for k in keys]
+        return [None if r is None else (r[:-1], _redis_time(r[-1])) for r in rows]
 
 
 @lru_cache(maxsize=4096)
 def _field(view: str, feature: str) -> bytes:
     return wire.redis_field(view, feature)  # pure-Python murmur3: once per feature, not per read
+
+
+def _sqlite_time(value) -> dt.datetime | None:
+    """Feast's SQLite ``event_ts``: epoch seconds (its last registered adapter), or ISO text."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, tz=UTC)
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    if text.lstrip("-").isdigit():
+        return dt.datetime.fromtimestamp(int(text), tz=UTC)
+    at = dt.datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # Feast writes naive UTC
+
+
+def _redis_time(data: bytes | None) -> dt.datetime | None:
+    """``_ts:<view>``: a serialized google.protobuf.Timestamp."""
+    if not data:
+        return None
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp.FromString(data)
+    return dt.datetime.fromtimestamp(ts.seconds, tz=UTC) + dt.timedelta(microseconds=ts.nanos // 1000)
 
 
 def _column(view: str, name: str, dtype: pa.DataType, raw: list[bytes | None]) -> pa.Array:

@@ -15,7 +15,7 @@ import pytest
 from millrace.contracts.arrow import TIMESTAMP
 from millrace.features import stores, wire
 from millrace.features.online import OnlineReader
-from tests.features.typed_state import ACCOUNTS, USERS, assert_same_reads, feast_rows, typed_state
+from tests.features.typed_state import ACCOUNTS, BEFORE_DATA, USERS, assert_same_reads, feast_rows, typed_state
 
 UTC = dt.timezone.utc
 
@@ -102,7 +102,8 @@ def test_sqlite_written_by_feast_read_by_us_equals_feast(tmp_path, monkeypatch):
 def test_feature_subset_order_and_duplicate_keys(tmp_path, monkeypatch):
     project, features, store = typed_state(tmp_path, monkeypatch)
     keys = ["zoë", "a1", "zoë", None]
-    got = OnlineReader(project, features).read("account_typed", pa.array(keys), ["seen", "flag_last"])
+    got = OnlineReader(project, features, clock=lambda: BEFORE_DATA).read(
+        "account_typed", pa.array(keys), ["seen", "flag_last"])
     assert got.column_names == ["account", "seen", "flag_last"]
     assert got.schema.field("seen").type == pa.list_(TIMESTAMP)
     full = feast_rows(store, features, "account_typed", ["zoë", "a1"])

@@ -73,8 +73,13 @@ def feast_rows(store, features, view: str, keys: list) -> list[dict]:
     return [{key: got[key][i], **{n: got[n][i] for n in names}} for i in range(len(keys))]
 
 
+BEFORE_DATA = dt.datetime(2021, 3, 1, tzinfo=UTC)  # "now" for which no ttl has expired yet
+
+
 def assert_same_reads(project, features, store) -> None:
-    reader = OnlineReader(project, features)
+    # Feast's get_online_features applies no ttl: compare at a "now" where ours expires nothing
+    # (tests/features/test_online_ttl.py covers the expiry).
+    reader = OnlineReader(project, features, clock=lambda: BEFORE_DATA)
     for view, keys in (("account_typed", ACCOUNTS + ["nobody"]), ("user_typed", USERS + [424242])):
         ours = reader.read(view, keys).to_pylist()
         assert ours == feast_rows(store, features, view, keys), view
