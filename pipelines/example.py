@@ -22,6 +22,7 @@ import numpy as np
 
 from millrace.contracts.project import Project
 from millrace.pipelines import lake
+from millrace.pipelines.errors import PipelineError
 from millrace.validation import reasons as R
 
 RATING_PLAN = {  # kind -> how many; 500 of 100,004 = 0.5%
@@ -56,6 +57,18 @@ def already_landed(project: Project) -> bool:
 
     pattern = [lake.join(project.landing, s, "*", "*") for s in ("ratings", "movies")]
     return any(result.metadata_list for result in FileSystems.match(pattern))
+
+
+class NotTheExample(PipelineError):
+    """`example land` on a project other than the bundled example (bad input, exit 2)."""
+
+
+def refuse_other_project(project: Project) -> None:
+    """The example's files belong in the bundled example only: never in another project's landing."""
+    raise NotTheExample(f"{project.root / 'millrace.yaml'}: name: project '{project.name}' is not the bundled "
+                        f"example, so `millrace example land` would write MovieLens files into its landing zone "
+                        f"(fix: land this project's own files under {project.landing}, or run `millrace example "
+                        f"land` without --project)")
 
 
 def land(project: Project, seed: int = 7, force: bool = False) -> dict[str, Landed]:
