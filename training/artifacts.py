@@ -67,7 +67,9 @@ def _save_flavor(directory: str, part: str, model: onnx.ModelProto, spec) -> Non
                            signature=infer_signature(dict(sample.raw), output))
 
 
-def model_card(name: str, spec, manifest: Manifest, metrics: dict, verdict_text: str, lineage: Lineage) -> str:
+def model_card(name: str, spec, manifest: Manifest, metrics: dict, verdict_text: str, lineage: Lineage, *,
+               project: str, dropped_unlabelled: int) -> str:
+    """The card speaks of the project at hand (any domain), and counts the examples left out."""
     rows = ["| variant | " + " | ".join(spec.metrics) + " |", "|---|" + "---|" * len(spec.metrics)]
     for variant in ("torch", "fp32", "int8", "baseline"):
         if variant in metrics:
@@ -80,13 +82,15 @@ def model_card(name: str, spec, manifest: Manifest, metrics: dict, verdict_text:
     examples = lineage.examples
     return "\n".join([
         f"# {name}", "", spec.description or "", "",
+        f"Project: {project}",
         f"Family: {spec.family}" + (f" ({spec.task})" if spec.family == "tabular" else ""),
         f"Label: {spec.label.column} {spec.label.op or ''} {'' if spec.label.value is None else spec.label.value}",
         f"Examples: {examples.rows} rows of `{spec.examples.source}` (contract "
         f"{examples.contract.id} {examples.contract.version}); "
         f"holdout: the latest {spec.split.holdout:.0%} by event time, from {manifest.split_at}",
+        f"Dropped: {dropped_unlabelled} rows without a label or an event time (not trained on, not in the holdout)",
         "", "## Metrics on the holdout", "", *rows, "",
         f"Gates: {verdict_text}", "", "## Parts", "", *parts, "", "## Latency (onnxruntime, 2 threads)", "", *lat,
         "", "## Intended use and limits", "",
-        "Trained on historical interactions only; scores reflect past behaviour and popularity. Check the "
-        "drift reports before trusting it on a changed population.", ""])
+        f"Trained on the historical examples of project '{project}' only; scores reflect past behaviour. "
+        "Check the drift reports before trusting it on a changed population.", ""])

@@ -113,7 +113,8 @@ def train(project: Project, features: Features, models: Models, name: str, examp
                         "primary": spec.primary, "metrics": served, "run_id": run.info.run_id,
                         "split_at": str(split.cut), "time_column": time}
                 manifest = artifacts.write_bundle(bundle, fitted.parts, fp32, int8, info)
-                card = artifacts.model_card(name, spec, manifest, results, verdict.summary, lineage)
+                card = artifacts.model_card(name, spec, manifest, results, verdict.summary, lineage,
+                                            project=project.name, dropped_unlabelled=split.dropped_unlabelled)
                 with open(os.path.join(bundle, "model_card.md"), "w") as f:
                     f.write(card)
                 with open(os.path.join(bundle, LINEAGE_FILE), "w") as f:
