@@ -28,13 +28,15 @@ _CHUNK = 500  # keys per SQL statement / Redis pipeline
 UTC = dt.timezone.utc
 
 
-def _utcnow() -> dt.datetime:
+def wall_clock() -> dt.datetime:
+    """The clock to pass for expiry against the current time (serving)."""
     return dt.datetime.now(UTC)
 
 
 class OnlineReader:
-    def __init__(self, project: Project, features: Features, *, clock=_utcnow):
-        """``clock()`` is "now" for the ttl (an aware datetime); tests pin it."""
+    def __init__(self, project: Project, features: Features, *, clock=None):
+        """``clock()`` is "now" for the ttl (an aware datetime, e.g. ``wall_clock``); None: no expiry,
+        as Feast's ``get_online_features`` (the bundled example's data is years old: see docs/features.md)."""
         self.project, self.features, self.clock = project, features, clock
         self.kind = stores.online_kind(project)
         self._lock = threading.Lock()
@@ -46,7 +48,8 @@ class OnlineReader:
         """One row per key, in order: the key, then each feature (null where the store has none).
 
         A key whose stored event time is older than ``clock() - ttl`` of the view reads as all
-        nulls, as the point-in-time join treats it; a ttl of 0 (the default) never expires."""
+        nulls, as the point-in-time join treats it; a ttl of 0 (the default) never expires; without a
+        clock nothing expires."""
         self.features.view(view)  # UnknownFeature with the valid names
         names = list(feature_names or self.features.feature_names(view))
         types = self.features.types[view]
@@ -74,7 +77,7 @@ class OnlineReader:
                                        f"(fix: start it or check feature_store.online_store)") from None
             raise
         ttl = duration(self.features.view(view).ttl)
-        if ttl:  # None ('all') or 0: values never expire
+        if ttl and self.clock is not None:  # None ('all') or 0: values never expire
             oldest = self.clock() - ttl
             raw = [row if row is None or row[1] is None or row[1] >= oldest else None for row in raw]
         raw = [row[0] if row else None for row in raw]

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from millrace.features import stores, wire
-from millrace.features.online import OnlineReader
+from millrace.features.online import OnlineReader, wall_clock
 from tests.features.typed_state import ACCOUNTS, USERS, feast_rows, typed_state
 
 UTC = dt.timezone.utc
@@ -48,13 +48,14 @@ def _check_expiry(project, features, store, times: dict) -> None:
                 assert row == {"account": account, **{n: None for n in names}}, account
             else:
                 assert row == feast_row and row["events_all"] > 0, account
-    # the real clock (years after the 2021 data): all expired on the 1d view, the 0d view never expires
-    reader = OnlineReader(project, features)
+    # the wall clock (years after the 2021 data): all expired on the 1d view, the 0d view never expires
+    reader = OnlineReader(project, features, clock=wall_clock)
     assert all(v is None for row in reader.read("account_typed", ACCOUNTS).to_pylist() for k, v in row.items()
                if k != "account")
     assert reader.read("user_typed", USERS).to_pylist() == feast_rows(store, features, "user_typed", USERS)
     assert reader.read("account_typed", ACCOUNTS[:1]).to_pylist()[0]["events_all"] is None  # single-key path
-
+    # no clock: nothing expires, as Feast's own read
+    assert OnlineReader(project, features).read("account_typed", ACCOUNTS).to_pylist() == expected_all
 
 def test_sqlite_reads_honour_the_ttl(tmp_path, monkeypatch):
     project, features, store = typed_state(tmp_path, monkeypatch)
