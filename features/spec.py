@@ -130,7 +130,7 @@ def load_features(project: Project) -> Features:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise FeatureSpecError(path, loc, first["msg"].lower(), "see examples/movielens/features.yaml") from None
+        raise FeatureSpecError(path, loc, first["msg"].lower(), "see docs/features.md") from None
     _check_names(path, spec)
     types = {name: _check_view(path, project, spec, name, view) for name, view in spec.feature_views.items()}
     return Features(path, spec, project, types)
@@ -140,7 +140,7 @@ def _check_shape(path: Path, data) -> None:
     """Mappings where mappings belong, before pydantic (a list at the top level is a TypeError there)."""
     if data is not None and not isinstance(data, dict):
         raise FeatureSpecError(path, "(top level)", f"is a {_kind(data)}, not a mapping",
-                               "write `entities:` and `feature_views:` sections (see examples/movielens/features.yaml)")
+                               "write `entities:` and `feature_views:` sections (see docs/features.md)")
     for section in _MAPS:
         value = (data or {}).get(section)
         if value is not None and not isinstance(value, dict):

@@ -135,11 +135,11 @@ def load_models(project: Project, features: Features) -> Models:
     path = project.root / "models.yaml"
     if not path.exists():
         raise ModelSpecError(path, "(file)", "does not exist", "declare models in models.yaml "
-                             "(see examples/movielens/models.yaml)")
+                             "(see docs/training.md)")
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ModelSpecError(path, "(top level)", _kind(data), "write `models:` followed by "
-                             "one entry per model (see examples/movielens/models.yaml)")
+                             "one entry per model (see docs/training.md)")
     if isinstance(data.get("models"), dict):
         for name in data["models"]:
             check_name(name, path, f"models.{name}")  # a model name becomes an experiment and a folder name
@@ -148,7 +148,7 @@ def load_models(project: Project, features: Features) -> Models:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ModelSpecError(path, loc, first["msg"].lower(), "see examples/movielens/models.yaml") from None
+        raise ModelSpecError(path, loc, first["msg"].lower(), "see docs/training.md") from None
     for name, spec in parsed.models.items():
         _check(path, project, features, f"models.{name}", spec)
     return Models(path, parsed.models)
