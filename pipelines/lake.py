@@ -29,6 +29,7 @@ from millrace.contracts.storage import (  # noqa: F401  (the lake's file operati
 from millrace.contracts.storage import safe_dir as partition_dir  # noqa: F401
 from millrace.pipelines.errors import CorruptFile
 from millrace.pipelines.records import PartitionManifest
+from millrace.validation.quarantine import SCHEMA as QUARANTINE_SCHEMA
 
 MANIFEST = "_manifest.json"
 _ATTEMPTS = 5  # re-reads of a partition whose manifest keeps changing under the reader
@@ -126,7 +127,7 @@ def read_quarantine(quarantine: str, lake: str, source: str, key: str) -> pa.Tab
         else:
             raise CorruptFile(c.directory, f"the manifest changed {_ATTEMPTS} times while being read",
                               "retry when the running ingest is done")
-    return pa.concat_tables(tables) if tables else pa.table({})
+    return pa.concat_tables(tables) if tables else QUARANTINE_SCHEMA.empty_table()
 
 
 # -- internals ------------------------------------------------------------------------------------

@@ -124,3 +124,13 @@ def test_lake_ls_on_a_corrupt_manifest_is_one_line_and_exit_2(committed, project
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {_manifest(committed)}: not a valid PartitionManifest")
+
+
+def test_quarantine_of_a_source_with_nothing_committed_is_empty_with_its_schema(tmp_path):
+    """No committed partition: zero rows with the quarantine columns (a column-less table lists phantom rows)."""
+    from millrace.pipelines import lake
+    from millrace.validation.quarantine import SCHEMA
+
+    table = lake.read_quarantine(str(tmp_path / "quarantine"), str(tmp_path / "lake"), "ratings", "month")
+    assert table.num_rows == 0 and table.schema.names == SCHEMA.names
+    assert table.slice(0, 20).to_pylist() == []
