@@ -33,9 +33,16 @@ class _Frozen(BaseModel):
 
 
 class Entity(_Frozen):
-    join_key: str = Field(description="Key field, as named in the sources' contracts.")
+    join_key: str | None = Field(None, description="Key field, as named in the sources' contracts.")
+    join_keys: list[str] | None = Field(None, min_length=1, max_length=8,
+                                        description="A composite key: several fields (e.g. [origin, dest]).")
     source: str = Field(description="Source whose contract gives the key's type.")
     description: str = Field("", description="What the entity is.")
+
+    @property
+    def keys(self) -> list[str]:
+        """The key fields, in declared order (one for a plain key)."""
+        return list(self.join_keys) if self.join_keys else [self.join_key]
 
 
 class Aggregation(_Frozen):
@@ -107,12 +114,24 @@ class Features:
             raise UnknownFeature(f"unknown feature view '{name}' (fix: use one of {sorted(self.views)})")
         return self.views[name]
 
+    def join_keys(self, view: str) -> list[str]:
+        """The view's key fields in declared order: one, or several for a composite entity."""
+        return self.spec.entities[self.view(view).entity].keys
+
     def join_key(self, view: str) -> str:
-        return self.spec.entities[self.view(view).entity].join_key
+        """The key field of a one-key view (composite views: use join_keys)."""
+        keys = self.join_keys(view)
+        if len(keys) != 1:
+            raise ValueError(f"view '{view}' has a composite key {keys}: use join_keys")
+        return keys[0]
 
     def key_type(self, view: str) -> pa.DataType:
         key = self.join_key(view)  # unknown views fail here, with the valid names
         return self.types[view][key]
+
+    def key_types(self, view: str) -> dict[str, pa.DataType]:
+        """Each key field's type, in declared order."""
+        return {key: self.types[view][key] for key in self.join_keys(view)}
 
     def feature_names(self, view: str) -> list[str]:
         v = self.view(view)
@@ -159,8 +178,14 @@ def _kind(value) -> str:
 def _check_names(path: Path, spec: FeatureSpec) -> None:
     """Every name from the file through the one name rule: names become Feast objects, SQL tables,
     Redis fields and file names, and none of them may carry code or a path."""
-    for name in spec.entities:
+    for name, entity in spec.entities.items():
         check_name(name, path, f"entities.{name}")
+        if (entity.join_key is None) == (entity.join_keys is None):
+            raise FeatureSpecError(path, f"entities.{name}", "needs exactly one of join_key and join_keys",
+                                   "write join_key: <field>, or join_keys: [<field>, <field>] for a composite key")
+        if len(set(entity.keys)) != len(entity.keys):
+            raise FeatureSpecError(path, f"entities.{name}.join_keys", f"{entity.keys} repeats a field",
+                                   "name each key field once")
     for name, view in spec.feature_views.items():
         where = f"feature_views.{name}"
         check_name(name, path, where)
@@ -179,21 +204,23 @@ def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view
                                f"use one of {sorted(spec.entities)}")
     contract = project.contract(view.source)
     columns = {f.name: arrow_type(f) for f in contract.fields}
-    key = spec.entities[view.entity].join_key
-    if key not in columns:
-        raise FeatureSpecError(path, f"{where}.entity", f"source '{view.source}' has no field '{key}'",
-                               f"add {key} to the contract or pick another entity")
+    keys = spec.entities[view.entity].keys
+    entity_source = project.contract(spec.entities[view.entity].source)
+    for key in keys:
+        if key not in columns:
+            raise FeatureSpecError(path, f"{where}.entity", f"source '{view.source}' has no field '{key}'",
+                                   f"add {key} to the contract or pick another entity")
+        if key in entity_source.field_names and arrow_type(entity_source.field(key)) != columns[key]:
+            raise FeatureSpecError(path, f"{where}.entity", f"key '{key}' is {columns[key]} in {view.source} but "
+                                   f"{arrow_type(entity_source.field(key))} in {entity_source.name}",
+                                   "make the key types agree")
     if contract.event_time is None and not view.static:
         raise FeatureSpecError(path, f"{where}.static", f"source '{view.source}' has no event time",
                                "set static: true (attributes valid for all time) or use a source with eventTime")
-    entity_source = project.contract(spec.entities[view.entity].source)
-    if key in entity_source.field_names and arrow_type(entity_source.field(key)) != columns[key]:
-        raise FeatureSpecError(path, f"{where}.entity", f"key '{key}' is {columns[key]} in {view.source} but "
-                               f"{arrow_type(entity_source.field(key))} in {entity_source.name}", "make the key types agree")
     if view.enrich:
         columns.update(_check_enrich(path, project, f"{where}.enrich", view.enrich, columns))
     _duration(path, f"{where}.ttl", view.ttl)
-    out = {key: columns[key]}
+    out = {key: columns[key] for key in keys}
     for i, agg in enumerate(view.aggregations):
         at = f"{where}.aggregations[{i}] ({agg.name})"
         if agg.name in out:
