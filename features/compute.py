@@ -16,41 +16,94 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from millrace.contracts.arrow import TIMESTAMP
+from millrace.features.expr import Expression, derive
+from millrace.features.expr import parse as parse_expression
 from millrace.features.spec import Aggregation, FeatureView, duration
 
 
-def compute_view(view: FeatureView, key: str, event_time: str | None, events: pa.Table, lookup: pa.Table | None,
-                 types: dict[str, pa.DataType], created_at: dt.datetime,
-                 days: tuple[dt.date | None, dt.date | None] = (None, None)) -> pa.Table:
-    """Daily snapshot rows ``key, event_timestamp, created_timestamp, features...`` of one view.
+def compute_view(view: FeatureView, key: str | list[str], event_time: str | None, events: pa.Table,
+                 lookup: pa.Table | None, types: dict[str, pa.DataType], created_at: dt.datetime,
+                 days: tuple[dt.date | None, dt.date | None] = (None, None), *,
+                 derived: dict[str, Expression] | None = None) -> pa.Table:
+    """Daily snapshot rows ``key..., event_timestamp, created_timestamp, features...`` of one view.
 
-    ``events`` are the source rows; ``lookup`` the enrichment rows (or None); ``days`` keeps only
-    snapshots of days in [first, last] (windows still look back before ``first``)."""
+    ``key``: the join key, or a composite key's fields; ``events`` are the source rows; ``lookup``
+    the enrichment rows (or None); ``days`` keeps only snapshots of days in [first, last] (windows
+    still look back before ``first``); ``derived``: the source's derived columns, computed on
+    ``events`` first (keys, columns and conditions may read them)."""
     import duckdb
 
+    keys = [key] if isinstance(key, str) else list(key)
+    events, view = _row_level(view, derived_columns(events, derived or {}, view, keys))
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.register("source_events", events)
     enriched = lookup is not None and view.enrich is not None
     if enriched:
         con.register("lookup", lookup)
-    con.execute(f"CREATE TEMP VIEW ev AS {_events_sql(view, key, event_time, enriched)}")
+    con.execute(f"CREATE TEMP VIEW ev AS {_events_sql(view, keys, event_time, enriched)}")
     sql = _view_sql(view, days)
     table = con.sql(sql).to_arrow_table()
     con.close()
     table = _apply_transforms(view, table)
-    return _conform(table, key, types, created_at, view.static)
+    return _conform(table, keys, types, created_at, view.static)
+
+
+def derived_columns(events: pa.Table, derived: dict[str, Expression], view: FeatureView,
+                    keys: list[str]) -> pa.Table:
+    """``events`` with the derived columns the view reads (and those they read) appended."""
+    wanted = set(keys) | {a.column for a in view.aggregations if a.column}
+    for agg in view.aggregations:
+        if agg.where:
+            wanted |= set(parse_expression(agg.where, _schema_of(events, derived)).columns)
+    needed: dict[str, Expression] = {}
+    for name in reversed(list(derived)):  # later derived columns may read earlier ones
+        if name in wanted:
+            needed[name] = derived[name]
+            wanted |= set(derived[name].columns)
+    return derive(events, {n: e for n, e in derived.items() if n in needed})
+
+
+def _schema_of(events: pa.Table, derived: dict[str, Expression]) -> dict[str, pa.DataType]:
+    return {f.name: f.type for f in events.schema} | {n: e.type for n, e in derived.items()}
+
+
+def _row_level(view: FeatureView, events: pa.Table) -> tuple[pa.Table, FeatureView]:
+    """Conditional aggregations as plain ones over masked columns: the value where the condition
+    holds, null elsewhere (every aggregation skips nulls). share is the mean of the condition as
+    0/1 over all rows (a null condition counts as not holding, as in SQL's WHERE)."""
+    if not any(a.where for a in view.aggregations):
+        return events, view
+    schema = {f.name: f.type for f in events.schema}
+    plain = []
+    for i, agg in enumerate(view.aggregations):
+        if agg.where is None:
+            plain.append(agg)
+            continue
+        holds = pc.fill_null(parse_expression(agg.where, schema).evaluate(events), False)
+        name = f"__where_{i}"
+        if agg.function == "share":
+            value, function = pc.cast(holds, pa.float64()), "mean"
+        else:
+            source = events.column(agg.column) if agg.column else pa.repeat(pa.scalar(1, pa.int64()), events.num_rows)
+            value, function = pc.if_else(holds, source, pa.scalar(None, source.type)), agg.function
+        events = events.append_column(name, value)
+        plain.append(agg.model_copy(update={"column": name, "where": None, "function": function}))
+    return events, view.model_copy(update={"aggregations": plain})
 
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _events_sql(view: FeatureView, key: str, event_time: str | None, enriched: bool) -> str:
+def _events_sql(view: FeatureView, keys: list[str], event_time: str | None, enriched: bool) -> str:
     ts = f"CAST({_q(event_time)} AS TIMESTAMPTZ)" if event_time and not view.static else "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
     columns = sorted({a.column for a in view.aggregations if a.column})
     src = "s"
-    select = [f"{src}.{_q(key)} AS k", f"{ts} AS ts", f"date_trunc('day', {ts}) AS d",
+    # A composite key is one struct value: every window, join and sort below works on it unchanged.
+    k = f"{src}.{_q(keys[0])}" if len(keys) == 1 else \
+        "struct_pack(" + ", ".join(f"k{i} := {src}.{_q(c)}" for i, c in enumerate(keys)) + ")"
+    select = [f"{k} AS k", f"{ts} AS ts", f"date_trunc('day', {ts}) AS d",
               "row_number() OVER () AS seq"]
     join = ""
     if enriched:
@@ -61,7 +114,8 @@ def _events_sql(view: FeatureView, key: str, event_time: str | None, enriched: b
     for c in columns:
         owner = "l" if enriched and c in view.enrich.columns else src
         select.append(f"{owner}.{_q(c)} AS {_q('c_' + c)}")
-    return f"SELECT {', '.join(select)} FROM source_events {src}{join} WHERE {src}.{_q(key)} IS NOT NULL"
+    present = " AND ".join(f"{src}.{_q(c)} IS NOT NULL" for c in keys)
+    return f"SELECT {', '.join(select)} FROM source_events {src}{join} WHERE {present}"
 
 
 def _window(agg: Aggregation) -> str:
@@ -89,8 +143,9 @@ def _view_sql(view: FeatureView, days) -> str:
         name = _q(agg.name)
         w = _window(agg)
         c = agg.column
-        if agg.function == "count":
-            select.append(f"CAST(sum(n) OVER {w} AS BIGINT) AS {name}")
+        if agg.function == "count":  # rows, or with a column its non-null values
+            counted = _q("cnt_" + c) if c else "n"
+            select.append(f"CAST(sum({counted}) OVER {w} AS BIGINT) AS {name}")
         elif agg.function == "sum":
             select.append(f"sum({_q('sum_' + c)}) OVER {w} AS {name}")
         elif agg.function == "mean":
@@ -171,15 +226,16 @@ def _apply_transforms(view: FeatureView, table: pa.Table) -> pa.Table:
     return table
 
 
-def _conform(table: pa.Table, key: str, types: dict[str, pa.DataType], created_at: dt.datetime,
+def _conform(table: pa.Table, keys: list[str], types: dict[str, pa.DataType], created_at: dt.datetime,
              static: bool) -> pa.Table:
     """Name, type and order the columns as Feast expects: key, event and created timestamps, features.
     Snapshots are stamped at the end of their day; static rows at the epoch."""
     day = table.column("d").cast(TIMESTAMP)
     event = day if static else pc.add(day, pa.scalar(dt.timedelta(days=1), pa.duration("us")))
-    columns = {key: table.column("k").cast(types[key]), "event_timestamp": event,
-               "created_timestamp": pa.repeat(pa.scalar(created_at, TIMESTAMP), table.num_rows)}
+    k = table.column("k").combine_chunks()
+    columns = {key: (k if len(keys) == 1 else k.field(i)).cast(types[key]) for i, key in enumerate(keys)}
+    columns |= {"event_timestamp": event, "created_timestamp": pa.repeat(pa.scalar(created_at, TIMESTAMP), table.num_rows)}
     for name, dtype in types.items():
-        if name != key:
+        if name not in keys:
             columns[name] = table.column(name).cast(dtype)
     return pa.table(columns)

@@ -65,8 +65,9 @@ for _v in _SPEC["views"]:
                          created_timestamp_column="created_timestamp")
     globals()["source_" + _v["name"]] = _source
     globals()["view_" + _v["name"]] = FeatureView(
-        name=_v["name"], entities=[_entities[_v["entity"]]], ttl=timedelta(seconds=_v["ttl_seconds"]),
+        name=_v["name"], ttl=timedelta(seconds=_v["ttl_seconds"]),
         online=_v["online"], source=_source, description=_v["description"],
+        entities=[_entities[_e] for _e in _v["entities"]],
         schema=[Field(name=f["name"], dtype=_dtype(f["dtype"])) for f in _v["fields"]])
 '''
 
@@ -93,25 +94,32 @@ def feast_type(dtype: pa.DataType) -> str:
 
 def repo_spec(project: Project, features: Features) -> dict:
     """repo.json: every entity and feature view as plain data (repo.py builds the Feast objects)."""
-    entities = [{"name": name, "join_key": e.join_key, "description": e.description,
-                 "value_type": _VALUE_TYPES[_key_type(project, features, name)]}
-                for name, e in features.spec.entities.items()]
-    views = [{"name": name, "entity": v.entity, "online": v.online, "description": v.description,
+    entities = [{"name": feast_name, "join_key": key, "description": e.description,
+                 "value_type": _VALUE_TYPES[_key_type(project, features, name, key)]}
+                for name, e in features.spec.entities.items() for feast_name, key in feast_entities(name, e.keys)]
+    views = [{"name": name, "entities": [n for n, _ in feast_entities(v.entity, features.join_keys(name))],
+              "online": v.online, "description": v.description,
               "ttl_seconds": int((duration(v.ttl) or dt.timedelta(0)).total_seconds()),
               "path": data_path(project.offline, name),
               "fields": [{"name": c, "dtype": feast_type(t)} for c, t in features.types[name].items()]}
              for name, v in features.views.items()]
-    return {"format_version": 1, "entities": entities, "views": views}
+    return {"format_version": 2, "entities": entities, "views": views}
 
 
-def _key_type(project: Project, features: Features, entity: str) -> pa.DataType:
+def feast_entities(entity: str, keys: list[str]) -> list[tuple[str, str]]:
+    """(Feast entity name, join key) pairs of an entity. Feast entities have one join key each, so a
+    composite entity is one Feast entity per field, ``<entity>__<field>``, and its views list them all
+    (Feast then keys the online store on every field, sorted by name)."""
+    if len(keys) == 1:
+        return [(entity, keys[0])]
+    return [(f"{entity}__{key}", key) for key in keys]
+
+
+def _key_type(project: Project, features: Features, entity: str, key: str) -> pa.DataType:
     for name, view in features.views.items():
         if view.entity == entity:
-            return features.key_type(name)
-    from millrace.contracts.arrow import arrow_type
-
-    e = features.spec.entities[entity]
-    return arrow_type(project.contract(e.source).field(e.join_key))
+            return features.key_types(name)[key]
+    return features.source_types(features.spec.entities[entity].source)[key]
 
 
 def write_repo(project: Project, features: Features) -> str:

@@ -84,8 +84,9 @@ def write_view(offline: str, view: str, table: pa.Table, info: dict, run_id: str
     """Commit ``table`` as the view's offline table: data renamed over, then the manifest.
 
     ``info``: the build's own manifest fields (inputs, features_yaml_sha256, range)."""
-    key = table.column_names[0]
-    table = table.take(pc.sort_indices(table, sort_keys=[(key, "ascending"), ("event_timestamp", "ascending")]))
+    keys = table.column_names[:table.column_names.index("event_timestamp")]  # one, or a composite key's fields
+    table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys] +
+                                       [("event_timestamp", "ascending")]))
     directory = view_dir(offline, view)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
@@ -93,7 +94,7 @@ def write_view(offline: str, view: str, table: pa.Table, info: dict, run_id: str
     manifest = OfflineManifest(
         view=view, rows=table.num_rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), run_id=run_id,
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        entities=pc.count_distinct(table.column(key)).as_py() if table.num_rows else 0, **info)
+        entities=table.select(keys).group_by(keys).aggregate([]).num_rows if table.num_rows else 0, **info)
     tmp = storage.join(directory, f"{DATA}.tmp-{run_id}")
     storage.write_bytes(tmp, data)
     checkpoint("after_view_data")  # new data beside the old table, nothing committed

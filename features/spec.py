@@ -19,13 +19,15 @@ from millrace.contracts.loader import read_yaml
 from millrace.contracts.names import check_name
 from millrace.contracts.project import Project
 from millrace.features.errors import FeatureSpecError
+from millrace.features.expr import Expression, ExpressionError
+from millrace.features.expr import parse as parse_expression
 
 NUMERIC_ONLY = ("sum", "mean")
 _DURATION = re.compile(r"^(\d{1,9})d$")
 MAX_DAYS = 36_500  # windows and ttls up to 100 years: event times stay within Arrow's and DuckDB's range
 # Feature value types Feast's stores hold (feast_repo maps each to a Feast type).
 STORABLE = (pa.int64(), pa.int32(), pa.float64(), pa.float32(), pa.string(), pa.bool_(), TIMESTAMP)
-_MAPS = ("entities", "feature_views")  # sections that must be mappings of name -> definition
+_MAPS = ("entities", "feature_views", "derived")  # sections that must be mappings of name -> definition
 
 
 class _Frozen(BaseModel):
@@ -47,9 +49,13 @@ class Entity(_Frozen):
 
 class Aggregation(_Frozen):
     name: str = Field(description="Feature name (unique within the view).")
-    function: Literal["count", "sum", "mean", "min", "max", "last", "distinct_count", "last_n", "top_n"] = Field(
-        description="How values in the window are combined.")
-    column: str | None = Field(None, description="Source column (not needed for count).")
+    function: Literal["count", "sum", "mean", "min", "max", "last", "distinct_count", "last_n", "top_n", "share"] = Field(
+        description="How values in the window are combined. count: rows (with a column: its non-null values); "
+                    "share: the share of rows where `where` holds.")
+    column: str | None = Field(None, description="Source or derived column (count counts rows without one).")
+    where: str | None = Field(None, description="A condition on the source row (an expression, e.g. "
+                                                "`arr_delay > 15`): only rows where it holds count; "
+                                                "for share, the condition whose share is taken.")
     window: str = Field("all", description="Trailing event-time window in whole days ('7d', '30d', '365d') or 'all'.")
     n: int | None = Field(None, ge=1, le=1000, description="List length for last_n and top_n.")
     split: str | None = Field(None, description="top_n: split the column's text on this separator first.")
@@ -84,6 +90,9 @@ class FeatureView(_Frozen):
 
 class FeatureSpec(_Frozen):
     entities: dict[str, Entity] = Field(description="Entities by name.")
+    derived: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Row-level columns per source, computed from its rows before "
+                                          "aggregation: {source: {column: expression}} (see docs/features.md).")
     feature_views: dict[str, FeatureView] = Field(description="Feature views by name.")
 
 
@@ -100,8 +109,18 @@ def duration(text: str) -> timedelta | None:
 class Features:
     """A checked features.yaml with the types of every feature, resolved from the contracts."""
 
-    def __init__(self, path: Path, spec: FeatureSpec, project: Project, types: dict[str, dict[str, pa.DataType]]):
+    def __init__(self, path: Path, spec: FeatureSpec, project: Project, types: dict[str, dict[str, pa.DataType]],
+                 derived: dict[str, dict[str, Expression]] | None = None):
         self.path, self.spec, self.project, self.types = path, spec, project, types
+        self.derived = derived or {}
+
+    def derived_columns(self, source: str) -> dict[str, Expression]:
+        """The source's derived columns, in declared order (later ones may read earlier ones)."""
+        return self.derived.get(source, {})
+
+    def source_types(self, source: str) -> dict[str, pa.DataType]:
+        """Every column a row of ``source`` has once derived: the contract's fields, then the derived ones."""
+        return _source_types(self.project, source, self.derived)
 
     @property
     def views(self) -> dict[str, FeatureView]:
@@ -151,8 +170,43 @@ def load_features(project: Project) -> Features:
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise FeatureSpecError(path, loc, first["msg"].lower(), "see docs/features.md") from None
     _check_names(path, spec)
-    types = {name: _check_view(path, project, spec, name, view) for name, view in spec.feature_views.items()}
-    return Features(path, spec, project, types)
+    derived = _check_derived(path, project, spec)
+    types = {name: _check_view(path, project, spec, name, view, derived) for name, view in spec.feature_views.items()}
+    return Features(path, spec, project, types, derived)
+
+
+def _source_types(project: Project, source: str, derived: dict[str, dict[str, Expression]]) -> dict[str, pa.DataType]:
+    columns = {f.name: arrow_type(f) for f in project.contract(source).fields}
+    columns.update({name: e.type for name, e in derived.get(source, {}).items()})
+    return columns
+
+
+def _check_derived(path: Path, project: Project, spec: FeatureSpec) -> dict[str, dict[str, Expression]]:
+    """Parse and type every derived column against its source's contract (and the ones before it)."""
+    out: dict[str, dict[str, Expression]] = {}
+    for source, columns in spec.derived.items():
+        if source not in project.sources:
+            raise FeatureSpecError(path, f"derived.{source}", f"unknown source '{source}'", f"use one of {project.sources}")
+        schema = {f.name: arrow_type(f) for f in project.contract(source).fields}
+        out[source] = {}
+        for name, text in columns.items():
+            at = f"derived.{source}.{name}"
+            check_name(name, path, at)
+            if name in schema:
+                raise FeatureSpecError(path, at, f"'{name}' is already a column of '{source}'", "give it a new name")
+            expression = _expression(path, at, text, schema)
+            if expression.type not in STORABLE:
+                raise FeatureSpecError(path, at, f"is {expression.type}", "derive a number, text, boolean or timestamp")
+            out[source][name] = expression
+            schema[name] = expression.type
+    return out
+
+
+def _expression(path: Path, where: str, text, schema: dict[str, pa.DataType]) -> Expression:
+    try:
+        return parse_expression(text, schema)
+    except ExpressionError as exc:
+        raise FeatureSpecError(path, where, f"`{text}` {exc}", "see Expressions in docs/features.md") from None
 
 
 def _check_shape(path: Path, data) -> None:
@@ -195,7 +249,8 @@ def _check_names(path: Path, spec: FeatureSpec) -> None:
             check_name(t.name, path, f"{where}.transforms[{i}].name")
 
 
-def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view: FeatureView) -> dict:
+def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view: FeatureView,
+                derived: dict[str, dict[str, Expression]]) -> dict:
     where = f"feature_views.{name}"
     if view.source not in project.sources:
         raise FeatureSpecError(path, f"{where}.source", f"unknown source '{view.source}'", f"use one of {project.sources}")
@@ -203,17 +258,21 @@ def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view
         raise FeatureSpecError(path, f"{where}.entity", f"unknown entity '{view.entity}'",
                                f"use one of {sorted(spec.entities)}")
     contract = project.contract(view.source)
-    columns = {f.name: arrow_type(f) for f in contract.fields}
+    columns = _source_types(project, view.source, derived)
+    row_columns = dict(columns)  # what `where` conditions may read: the source row, before enrichment
     keys = spec.entities[view.entity].keys
-    entity_source = project.contract(spec.entities[view.entity].source)
+    entity_source = spec.entities[view.entity].source
+    entity_columns = _source_types(project, entity_source, derived) if entity_source in project.sources else {}
     for key in keys:
         if key not in columns:
             raise FeatureSpecError(path, f"{where}.entity", f"source '{view.source}' has no field '{key}'",
-                                   f"add {key} to the contract or pick another entity")
-        if key in entity_source.field_names and arrow_type(entity_source.field(key)) != columns[key]:
+                                   f"add {key} to the contract, derive it, or pick another entity")
+        if key in entity_columns and entity_columns[key] != columns[key]:
             raise FeatureSpecError(path, f"{where}.entity", f"key '{key}' is {columns[key]} in {view.source} but "
-                                   f"{arrow_type(entity_source.field(key))} in {entity_source.name}",
-                                   "make the key types agree")
+                                   f"{entity_columns[key]} in {entity_source}", "make the key types agree")
+        if columns[key] not in (pa.int64(), pa.int32(), pa.string()):
+            raise FeatureSpecError(path, f"{where}.entity", f"key '{key}' is {columns[key]}",
+                                   "key entities on integer or text fields")
     if contract.event_time is None and not view.static:
         raise FeatureSpecError(path, f"{where}.static", f"source '{view.source}' has no event time",
                                "set static: true (attributes valid for all time) or use a source with eventTime")
@@ -228,7 +287,18 @@ def _check_view(path: Path, project: Project, spec: FeatureSpec, name: str, view
         window = _duration(path, f"{at}.window", agg.window)
         if window is not None and window.days < 1:
             raise FeatureSpecError(path, f"{at}.window", "a window must cover at least one day", "write 1d or more, or all")
-        if agg.function != "count" and agg.column is None:
+        if agg.where is not None:
+            condition = _expression(path, f"{at}.where", agg.where, row_columns)
+            if condition.type != pa.bool_():
+                raise FeatureSpecError(path, f"{at}.where", f"`{agg.where}` is {condition.type}, not a condition",
+                                       "write a comparison, e.g. `arr_delay > 15`")
+        if agg.where is not None and agg.column is not None and agg.column not in row_columns:
+            raise FeatureSpecError(path, f"{at}.where", f"'{agg.column}' comes from enrich, which conditions "
+                                   "cannot mask", "aggregate a column of the source row, or derive one")
+        if agg.function == "share" and (agg.where is None or agg.column is not None):
+            raise FeatureSpecError(path, at, "share takes a condition and no column",
+                                   "write e.g. {function: share, where: 'arr_delay > 15'}")
+        if agg.function not in ("count", "share") and agg.column is None:
             raise FeatureSpecError(path, at, f"{agg.function} needs a column", f"add column: one of {sorted(columns)}")
         if agg.column is not None and agg.column not in columns:
             raise FeatureSpecError(path, f"{at}.column", f"unknown field '{agg.column}' in source '{view.source}'",
@@ -283,7 +353,7 @@ def _duration(path, where: str, text: str):
 def _output_type(agg: Aggregation, source: pa.DataType | None) -> pa.DataType:
     if agg.function in ("count", "distinct_count"):
         return pa.int64()
-    if agg.function == "mean":
+    if agg.function in ("mean", "share"):
         return pa.float64()
     if agg.function == "last_n":
         return pa.list_(source)

@@ -97,22 +97,45 @@ def training_set(project: Project, features: Features, spine: pa.Table, feature_
     wanted = resolve_refs(features, feature_refs)
     _time_column(spine, spine_time)  # fail on the spine before reading anything
     for view in wanted:
-        key = features.join_key(view)
-        if key not in spine.column_names:
-            raise SpineError(f"spine has no column '{key}', the join key of feature view '{view}' "
-                             f"(fix: add '{key}' to the spine; it has {spine.column_names})")
+        for key in features.join_keys(view):
+            if key not in spine.column_names:
+                raise SpineError(f"spine has no column '{key}', a join key of feature view '{view}' "
+                                 f"(fix: add '{key}' to the spine; it has {spine.column_names})")
     out = spine
     for view, names in wanted.items():
-        key = features.join_key(view)
         table = read_view(project.offline, view)
         ttl = duration(features.view(view).ttl)
-        idx = as_of_indices(spine, key, spine_time, table, key, ttl, engine=engine)
+        keyed_spine, keyed_table, key = one_key(spine, spine_time, table, features.join_keys(view))
+        idx = as_of_indices(keyed_spine, key, spine_time, keyed_table, key, ttl, engine=engine)
         for name in names:
             column = f"{view}__{name}"
             if column in out.column_names:
                 raise SpineError(f"spine already has column '{column}' (fix: rename or drop it)")
             out = out.append_column(pa.field(column, table.schema.field(name).type), table.column(name).take(idx))
     return out
+
+
+_COMPOSITE = "__composite_key"
+
+
+def one_key(spine: pa.Table, spine_time: str, table: pa.Table, keys: list[str]) -> tuple[pa.Table, pa.Table, str]:
+    """(spine, view table, key column) with a composite key folded into one int64 column: each
+    field's dense id over both tables, combined positionally (null where any field is null).
+    A one-field key passes through unchanged."""
+    if len(keys) == 1:
+        return spine, table, keys[0]
+    s_ids = v_ids = None
+    for key in keys:
+        s, v = _common_keys(spine.column(key), key, table.column(key), key)
+        encoded = pc.dictionary_encode(pa.chunked_array([v, s])).combine_chunks()
+        ids = pc.cast(encoded.indices, pa.int64())
+        size = pa.scalar(max(1, len(encoded.dictionary)), pa.int64())
+        v_part, s_part = ids.slice(0, len(v)), ids.slice(len(v))
+        v_ids = v_part if v_ids is None else pc.add_checked(pc.multiply_checked(v_ids, size), v_part)
+        s_ids = s_part if s_ids is None else pc.add_checked(pc.multiply_checked(s_ids, size), s_part)
+    view_columns = [c for c in (EVENT, CREATED) if c in table.column_names]
+    return (spine.select([spine_time]).append_column(_COMPOSITE, s_ids),
+            table.select(view_columns).append_column(_COMPOSITE, v_ids), _COMPOSITE)
 
 
 def resolve_refs(features: Features, feature_refs: Iterable[str]) -> dict[str, list[str]]:

@@ -86,8 +86,9 @@ def build_view(project: Project, features: Features, name: str, first: dt.date |
         inputs = inputs + more
     created = dt.datetime.now(dt.timezone.utc)
     contract = project.contract(view.source)
-    fresh = compute_view(view, features.join_key(name), contract.event_time, events, lookup, features.types[name],
-                         created, (None, None) if view.static else (first, last))
+    fresh = compute_view(view, features.join_keys(name), contract.event_time, events, lookup, features.types[name],
+                         created, (None, None) if view.static else (first, last),
+                         derived=features.derived_columns(view.source))
     existing = None
     if not view.static and (first or last) and offline.read_manifest(project.offline, name):
         existing = offline.read_view(project.offline, name)

@@ -21,7 +21,7 @@ from millrace.contracts.records import Record
 from millrace.training.errors import RecordError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: each input names its source (InputInfo.source)
 _FIX = "the bundle is corrupt or incomplete; download or train it again"
 
 
@@ -51,6 +51,9 @@ class InputInfo(BundleRecord):
     mean: float
     std: float
     vocabulary: int = Field(description="Vocabulary size (the values themselves are in the graph).")
+    source: str = Field("", description="Where serving gets the value: 'view:feature' (the online store), "
+                                        "'request:<column>' (the request itself: a column of the example row) "
+                                        "or 'key:<column>' (an entity key). Empty in bundles written before it.")
 
 
 class Part(BundleRecord):
@@ -65,7 +68,7 @@ class Part(BundleRecord):
 class Manifest(BundleRecord):
     model_config = ConfigDict(ser_json_inf_nan="constants")  # an undefined metric (AUC of one class) is NaN
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     model: str
     registered_name: str
     family: str

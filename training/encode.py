@@ -34,6 +34,7 @@ class InputSpec:
     mean: float = 0.0
     std: float = 1.0
     vocabulary: tuple = field(default=())
+    source: str = ""  # 'view:feature', 'request:<column>' or 'key:<column>' (see bundle.InputInfo)
 
     @property
     def cardinality(self) -> int:

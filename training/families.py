@@ -8,7 +8,7 @@ the same holdout.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,6 +38,14 @@ class Fitted:
 def columns_of(refs: dict[str, list[str]]) -> list[str]:
     """Training-set column names ("view__feature") of resolved references."""
     return [f"{view}__{name}" for view, names in refs.items() for name in names]
+
+
+def with_sources(specs: list[InputSpec], refs: dict[str, list[str]], request: list[str] = (),
+                 keys: list[str] = ()) -> list[InputSpec]:
+    """Each input tagged with where serving gets its value (recorded in the bundle's manifest)."""
+    sources = {f"{view}__{name}": f"{view}:{name}" for view, names in refs.items() for name in names}
+    sources |= {column: f"request:{column}" for column in request} | {key: f"key:{key}" for key in keys}
+    return [replace(s, source=sources.get(s.name, s.source)) for s in specs]
 
 
 def spread(rows: int, limit: int) -> np.ndarray:

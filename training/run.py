@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
+from millrace.features.expr import derive
 from millrace.features.spec import Features
 from millrace.training import artifacts, export, gates, registry
 from millrace.training.data import split as split_examples
@@ -58,7 +59,8 @@ def train(project: Project, features: Features, models: Models, name: str, examp
 
     spec = models.get(name)
     quantizer = quantizer or quantize.quantize
-    split = split_examples(examples, spec, time, name)
+    # derived columns first: labels, keys and request inputs may be derived from the row
+    split = split_examples(derive(examples, features.derived_columns(spec.examples.source)), spec, time, name)
     client = registry.connect(project)
     reg_name = registry.registered_name(project, name)
     exp = registry.experiment_id(client, project, name)

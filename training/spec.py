@@ -96,6 +96,8 @@ class ModelSpec(_Frozen):
     label: Label = Field(description="Label definition.")
     split: Split = Field(default_factory=Split, description="Time-based holdout.")
     features: list[str] = Field(default_factory=list, description="tabular: feature references.")
+    request: list[str] = Field(default_factory=list, description="tabular: columns of the example row itself "
+                               "(contract fields or derived columns), passed by the caller at request time.")
     user: Tower | None = Field(None, description="two_tower: the query tower.")
     item: Tower | None = Field(None, description="two_tower: the candidate tower.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training settings.")
@@ -165,7 +167,7 @@ def _check(path: Path, project: Project, features: Features, where: str, spec: M
         raise ModelSpecError(path, f"{where}.examples.source", f"unknown source '{spec.examples.source}'",
                              f"use one of {project.sources}")
     contract = project.contract(spec.examples.source)
-    columns = {f.name: arrow_type(f) for f in contract.fields}
+    columns = features.source_types(spec.examples.source)  # the contract's fields and the derived columns
     if contract.event_time is None:
         raise ModelSpecError(path, f"{where}.examples.source", f"source '{spec.examples.source}' has no event time",
                              "use a source whose contract declares eventTime (a time split needs it)")
@@ -191,6 +193,7 @@ def _check(path: Path, project: Project, features: Features, where: str, spec: M
     if unknown:
         raise ModelSpecError(path, f"{where}.gates.thresholds", f"unknown metric(s) {unknown}",
                              f"use some of {list(spec.metrics)}")
+    _check_request(path, f"{where}.request", spec, columns)
     if spec.family == "two_tower":
         for side in ("user", "item"):
             tower = getattr(spec, side)
@@ -214,6 +217,27 @@ def _check(path: Path, project: Project, features: Features, where: str, spec: M
             raise ModelSpecError(path, f"{where}.features", "a tabular model needs features",
                                  "list 'view:feature' references")
         _check_refs(path, features, f"{where}.features", spec.features, list(columns))
+
+
+def _check_request(path, where: str, spec: ModelSpec, columns: dict) -> None:
+    """Request-time inputs: typed from the examples source, encoded like view features."""
+    if spec.request and spec.family == "two_tower":
+        raise ModelSpecError(path, where, "request inputs are for tabular models (a two_tower query is a "
+                             "user, not one example row)", "move them to a tabular model, or use user features")
+    for i, column in enumerate(spec.request):
+        at = f"{where}[{i}]"
+        if column not in columns:
+            raise ModelSpecError(path, at, f"source '{spec.examples.source}' has no field '{column}'",
+                                 f"use one of {sorted(columns)} (contract fields or derived columns)")
+        if column == spec.label.column:
+            raise ModelSpecError(path, at, f"'{column}' is the label", "a model cannot take its label as an input")
+        dtype = columns[column]
+        if not (pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
+                or pa.types.is_string(dtype) or pa.types.is_large_string(dtype)):
+            raise ModelSpecError(path, at, f"'{column}' is {dtype}", "request inputs are numbers, booleans or "
+                                 "text; derive e.g. hour(<timestamp>) for a time")
+    if len(set(spec.request)) != len(spec.request):
+        raise ModelSpecError(path, where, f"{spec.request} repeats a column", "list each column once")
 
 
 def _check_history(path, features: Features, where: str, user: Tower, item_key_type: pa.DataType) -> None:
@@ -242,7 +266,9 @@ def _check_refs(path, features: Features, where: str, refs: list[str], spine_col
         raise ModelSpecError(path, where, str(exc).split(" (fix:")[0], str(exc).partition("(fix: ")[2].rstrip(")")
                              or "see features.yaml") from None
     for view in wanted:
-        key = features.join_key(view)
-        if key not in spine_columns:
-            raise ModelSpecError(path, where, f"view '{view}' joins on '{key}', which the examples do not have",
-                                 f"use views keyed by one of {spine_columns}")
+        keys = features.join_keys(view)
+        missing = [k for k in keys if k not in spine_columns]
+        if missing:
+            joins = f"'{keys[0]}'" if len(keys) == 1 else f"{keys} ({missing} missing)"
+            raise ModelSpecError(path, where, f"view '{view}' joins on {joins}, which the examples do not have",
+                                 f"use views keyed by some of {spine_columns}")

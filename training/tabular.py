@@ -13,7 +13,7 @@ from millrace.features.training_set import resolve_refs, training_set
 from millrace.training import loop, metrics
 from millrace.training.data import Split
 from millrace.training.encode import encode, fit_inputs
-from millrace.training.families import Fitted, Part, Runner, columns_of, spread
+from millrace.training.families import Fitted, Part, Runner, columns_of, spread, with_sources
 from millrace.training.spec import ModelSpec
 
 
@@ -25,10 +25,11 @@ def fit(project: Project, features: Features, spec: ModelSpec, split: Split, tim
 
     hp = spec.hyperparameters
     classify = spec.task == "classification"
-    columns = columns_of(resolve_refs(features, spec.features))
+    refs = resolve_refs(features, spec.features)
+    columns = columns_of(refs) + list(spec.request)  # request inputs: the example row's own columns
     train = training_set(project, features, split.train, spec.features, time)
     hold = training_set(project, features, split.holdout, spec.features, time)
-    specs = fit_inputs(train, columns, hp.max_vocabulary)
+    specs = with_sources(fit_inputs(train, columns, hp.max_vocabulary), refs, spec.request)
     x, x_hold = encode(train, specs), encode(hold, specs)
     y = train.column("label").to_numpy(zero_copy_only=False).astype(np.float32)
     y_hold = hold.column("label").to_numpy(zero_copy_only=False)

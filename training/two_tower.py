@@ -29,7 +29,7 @@ from millrace.training import loop, metrics
 from millrace.training.data import Split
 from millrace.training.encode import UNSEEN, encode, fit_inputs, key_input
 from millrace.training.errors import EmptyTrainingSet
-from millrace.training.families import Fitted, Part, Runner, columns_of, spread
+from millrace.training.families import Fitted, Part, Runner, columns_of, spread, with_sources
 from millrace.training.spec import ModelSpec
 
 K = 10
@@ -54,6 +54,9 @@ def fit(project: Project, features: Features, spec: ModelSpec, split: Split, tim
                                                                               hp.max_vocabulary)
     if user.history:  # same vocabulary as the item ids, so both towers share one embedding table
         user_specs.append(replace(item_specs[0], name=user.history.replace(":", "__"), kind="multi"))
+    item_specs = with_sources(item_specs, item_refs, keys=[item.key])
+    user_specs = with_sources(user_specs, resolve_refs(features, user_features) if user_features else {},
+                              keys=[user.key])
     users, items = encode(table, user_specs), encode(table, item_specs)
     _, item_ids, item_counts = np.unique(items.raw[item.key], return_inverse=True, return_counts=True)
     log_q = np.log(item_counts[item_ids] / len(item_ids)).astype(np.float32)

@@ -15,7 +15,7 @@ import pytest
 from millrace.contracts.errors import MillraceError
 from millrace.training import bundle
 from tests.conftest import ROOT
-from tests.training.test_records import manifest_v1
+from tests.training.test_records import manifest_v2
 
 HEAVY = ("torch", "mlflow", "apache_beam", "feast", "onnx", "onnxruntime", "numpy", "pyarrow",
          "great_expectations", "sklearn")
@@ -82,7 +82,7 @@ def test_import_linter_contract_for_the_reader_holds(tmp_path):
 
 def _bundle(folder: Path, data: bytes = b"onnx bytes", name: str = "user_encoder.int8.onnx", **part) -> None:
     (folder / "user_encoder.int8.onnx").write_bytes(data)
-    manifest = json.loads(manifest_v1().to_json())
+    manifest = json.loads(manifest_v2().to_json())
     entry = manifest["parts"]["user_encoder"]
     entry["files"]["int8"] = name
     entry["sha256"] = {name: hashlib.sha256(b"onnx bytes").hexdigest()}
@@ -99,10 +99,10 @@ def test_reads_a_part_after_checking_its_checksum(tmp_path):
 
 def test_a_bundle_of_the_first_writer_still_reads(tmp_path):
     """Bundles written before the manifest was typed spell the version "format"."""
-    data = json.loads(manifest_v1().to_json())
+    data = json.loads(manifest_v2().to_json())
     data["format"] = data.pop("format_version")
     (tmp_path / bundle.MANIFEST).write_text(json.dumps(data))
-    assert bundle.read_manifest(str(tmp_path)) == manifest_v1()
+    assert bundle.read_manifest(str(tmp_path)) == manifest_v2()
 
 
 @pytest.mark.parametrize("name", ["../user_encoder.int8.onnx", "/etc/passwd", "sub/../../x.onnx", "..", ""])

@@ -18,7 +18,7 @@ from tests.conftest import GOLDEN
 GOLDEN_TRAINING = GOLDEN / "training"
 
 
-def manifest_v1() -> Manifest:
+def manifest_v2() -> Manifest:
     inputs = (Tensor(name="userId", datatype="INT64", shape=("batch",)),
               Tensor(name="user_activity__recent_movies", datatype="INT64",
                      shape=("batch", "user_activity__recent_movies_length")))
@@ -27,9 +27,10 @@ def manifest_v1() -> Manifest:
                 served="int8", output="embedding",
                 signature=Signature(inputs=inputs, outputs=(Tensor(name="embedding", datatype="FLOAT",
                                                                    shape=("batch", 8)),)),
-                inputs=(InputInfo(name="userId", kind="categorical", dtype="int64", mean=0.0, std=1.0, vocabulary=40),
+                inputs=(InputInfo(name="userId", kind="categorical", dtype="int64", mean=0.0, std=1.0, vocabulary=40,
+                                  source="key:userId"),
                         InputInfo(name="user_activity__recent_movies", kind="multi", dtype="int64", mean=0.0, std=1.0,
-                                  vocabulary=60)))
+                                  vocabulary=60, source="user_activity:recent_movies")))
     return Manifest(model="retrieval", registered_name="movielens.retrieval", family="two_tower",
                     task="classification", primary="recall_at_10", metrics={"recall_at_10": 0.25, "ndcg_at_10": 0.125},
                     run_id="0123456789abcdef", split_at="2020-04-07 12:00:00+00:00", time_column="timestamp",
@@ -48,7 +49,7 @@ def lineage_v1() -> Lineage:
                    feature_views={"user_activity": view}, git_sha="0123abc+dirty")
 
 
-RECORDS = [(Manifest, bundle.FORMAT_VERSION, "bundle_manifest", manifest_v1),
+RECORDS = [(Manifest, bundle.FORMAT_VERSION, "bundle_manifest", manifest_v2),
            (Lineage, lineage.FORMAT_VERSION, "lineage", lineage_v1)]
 
 
@@ -62,6 +63,16 @@ def test_golden_file_per_format_version(cls, version, stem, make):
     assert cls.from_json(path.read_text(), str(path)) == record
 
 
+def test_a_v1_bundle_manifest_still_reads_with_unknown_input_sources():
+    path = GOLDEN_TRAINING / "bundle_manifest.v1.json"
+    old = Manifest.from_json(path.read_text(), str(path))
+    assert old.format_version == 1
+    assert [i.source for i in old.parts["user_encoder"].inputs] == ["", ""]
+    assert old.parts == {k: v.model_copy(update={"inputs": tuple(i.model_copy(update={"source": ""})
+                                                                 for i in v.inputs)})
+                         for k, v in manifest_v2().parts.items()}
+
+
 @pytest.mark.parametrize("cls, version, stem, make", RECORDS, ids=[r[2] for r in RECORDS])
 def test_round_trip_and_frozen(cls, version, stem, make):
     record = make()
@@ -73,7 +84,7 @@ def test_round_trip_and_frozen(cls, version, stem, make):
 
 def test_an_undefined_metric_round_trips():
     """AUC of a one-class holdout is NaN; it must come back NaN, not null or an error."""
-    record = manifest_v1().model_copy(update={"metrics": {"auc": math.nan}})
+    record = manifest_v2().model_copy(update={"metrics": {"auc": math.nan}})
     assert math.isnan(Manifest.from_json(record.to_json(), "m.json").metrics["auc"])
 
 
@@ -89,7 +100,7 @@ def _edit(data, path, value):
 
 _DELETE = object()
 BAD = [  # (record, path to edit, new value, words the one-line error must contain)
-    ("manifest", ("format_version",), 2, "format_version: input should be 1"),
+    ("manifest", ("format_version",), 3, "format_version: input should be 1 or 2"),
     ("manifest", ("parts", "user_encoder", "served"), "fp16", "parts.user_encoder.served"),
     ("manifest", ("parts", "user_encoder", "sha256"), ["a"], "parts.user_encoder.sha256: input should be an object"),
     ("manifest", ("metrics", "recall_at_10"), "high", "metrics.recall_at_10: input should be a valid number"),
@@ -105,7 +116,7 @@ BAD = [  # (record, path to edit, new value, words the one-line error must conta
 
 @pytest.mark.parametrize("which, path, value, words", BAD, ids=[".".join(map(str, b[1])) for b in BAD])
 def test_a_wrong_field_is_one_line_naming_it(which, path, value, words):
-    cls, make = (Manifest, manifest_v1) if which == "manifest" else (Lineage, lineage_v1)
+    cls, make = (Manifest, manifest_v2) if which == "manifest" else (Lineage, lineage_v1)
     data = json.loads(make().to_json())
     _edit(data, path, value)
     with pytest.raises(MillraceError) as exc:
