@@ -151,3 +151,24 @@ def test_the_experiment_folder_stays_inside_the_artifact_root(tmp_path, monkeypa
     monkeypatch.delenv("MILLRACE_MLFLOW_ARTIFACTS", raising=False)
     with pytest.raises(ContractError, match="is outside"):
         registry.experiment_id(Client(), Project(), "x")
+
+
+def test_request_inputs_are_checked(project_dir):
+    def request(model, columns):
+        return lambda m: m[model].update(request=columns)
+
+    assert "has no field 'gate'" in _error(project_dir, request("likes", ["gate"]))
+    assert "is the label" in _error(project_dir, request("likes", ["rating"]))
+    assert "is timestamp" in _error(project_dir, request("likes", ["timestamp"]))
+    assert "repeats a column" in _error(project_dir, request("likes", ["movieId", "movieId"]))
+    assert "request inputs are for tabular models" in _error(project_dir, request("retrieval", ["movieId"]))
+    models = _load(project_dir, request("likes", ["movieId"]))
+    assert models.get("likes").request == ["movieId"]
+
+
+def test_the_flights_domain_loads_with_derived_request_inputs_and_composite_views():
+    from tests.domains.flights_data import PROJECT
+
+    project = load_project(PROJECT)
+    spec = load_models(project, load_features(project)).get("will_be_delayed")
+    assert spec.request == ["carrier", "dep_hour", "distance"]  # dep_hour is derived: hour(dep_time)
