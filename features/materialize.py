@@ -2,11 +2,12 @@
 
 Incremental and idempotent: the (key, event time) last written per view is kept beside the
 Feast repository, and only entities whose latest offline row is newer are written, so a value
-never goes back in time, and a rerun writes nothing. Rows go through Feast's own online store
-interface (``online_write_batch``) after Feast's own Arrow-to-proto conversion, so Feast's
-readers (``get_online_features``, the feast CLI) see exactly what we wrote. What is faster than
-``feast materialize`` is everything around the write: one Parquet read, the latest row per key
-with Arrow, and skipping entities that did not change.
+never goes back in time, and a rerun writes nothing. Rows are written by ``features.online_write``,
+columnar, in exactly the bytes Feast's own online store writers produce (one upsert per batch
+into SQLite, pipelines into Redis, with Redis's skip of rows older than a hash holds), so Feast's
+readers (``get_online_features``, the feast CLI) and ``features.online`` see what Feast would
+have written. Around the write: one Parquet read, the latest row per key with Arrow, and skipping
+entities that did not change. Views keyed on several columns are keyed on all of them.
 
 The record is trusted only while the store still holds the token written with it (a marker per
 view inside the store, ``stores.read_marker``): a deleted SQLite file or a flushed Redis has lost
@@ -35,24 +36,36 @@ from millrace.contracts.project import Project
 from millrace.features import offline, stores
 from millrace.features.errors import NothingBuilt, StoreUnavailable
 from millrace.features.feast_repo import feature_store, registry_errors
+from millrace.features.online_write import OnlineWriter
 from millrace.features.records import MaterializeReport, StoreRecord
 from millrace.features.spec import Features
 from millrace.features.stores import repo_dir
 
-BATCH = 5_000
+BATCH_VALUES = 500_000  # feature values per write (one SQLite transaction, one Redis pipeline pair)
 
 
-def latest_per_key(table: pa.Table, key: str, until: dt.datetime | None) -> pa.Table:
-    """The newest row per key with event_timestamp <= until (ties: newest created_timestamp)."""
+def _keys(key: str | list[str]) -> list[str]:
+    return [key] if isinstance(key, str) else list(key)
+
+
+def latest_per_key(table: pa.Table, key: str | list[str], until: dt.datetime | None) -> pa.Table:
+    """The newest row per key (one or several columns) with event_timestamp <= until (ties: newest
+    created_timestamp). Rows with a null key are dropped: no read can ask for them."""
+    keys = _keys(key)
     if until is not None:
         table = table.filter(pc.less_equal(table.column("event_timestamp"), pa.scalar(until, TIMESTAMP)))
+    for k in keys:
+        if table.column(k).null_count:
+            table = table.filter(pc.is_valid(table.column(k)))
     if table.num_rows == 0:
         return table
-    order = pc.sort_indices(table, sort_keys=[(key, "ascending"), ("event_timestamp", "ascending"),
+    order = pc.sort_indices(table, sort_keys=[*((k, "ascending") for k in keys), ("event_timestamp", "ascending"),
                                               ("created_timestamp", "ascending")]).to_numpy()
-    keys = table.column(key).take(order).to_numpy(zero_copy_only=False)
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = keys[1:] != keys[:-1]
+    last = np.zeros(len(order), dtype=bool)
+    last[-1] = True
+    for k in keys:
+        values = table.column(k).take(order).to_numpy(zero_copy_only=False)
+        last[:-1] |= values[1:] != values[:-1]
     return table.take(order[last])
 
 
@@ -76,13 +89,14 @@ def _written(project: Project, view: str) -> tuple[pa.Table | None, StoreRecord 
     return table.replace_schema_metadata(None), record
 
 
-def changed(latest: pa.Table, key: str, written: pa.Table | None) -> pa.Table:
+def changed(latest: pa.Table, key: str | list[str], written: pa.Table | None) -> pa.Table:
     """Rows newer than what the online store already holds for their key."""
+    keys = _keys(key)
     if written is None or latest.num_rows == 0:
         return latest
-    previous = written.rename_columns([key, "_written_ts"])
-    slim = latest.select([key, "event_timestamp"]).append_column("_row", pa.array(np.arange(latest.num_rows)))
-    joined = slim.join(previous, key, join_type="left outer")  # only flat columns: Acero cannot carry lists
+    previous = written.rename_columns([*keys, "_written_ts"])
+    slim = latest.select([*keys, "event_timestamp"]).append_column("_row", pa.array(np.arange(latest.num_rows)))
+    joined = slim.join(previous, keys, join_type="left outer")  # only flat columns: Acero cannot carry lists
     newer = pc.or_kleene(pc.is_null(joined.column("_written_ts")),
                          pc.greater(joined.column("event_timestamp"), joined.column("_written_ts")))
     rows = np.sort(joined.column("_row").filter(pc.fill_null(newer, False)).to_numpy())
@@ -92,43 +106,50 @@ def changed(latest: pa.Table, key: str, written: pa.Table | None) -> pa.Table:
 def materialize(project: Project, features: Features, until: dt.datetime | None = None,
                 views: list[str] | None = None, full: bool = False, store=None) -> list[MaterializeReport]:
     """Write every online view's changed entities; ``full`` rewrites all of them."""
-    from feast.utils import _convert_arrow_to_proto
-
     store = store or feature_store(project)
     until = until or dt.datetime.now(dt.timezone.utc)
+    writer = OnlineWriter(project, features)
     reports = []
-    for name in views or [n for n, v in features.views.items() if v.online]:
-        started = time.time()
-        key = features.join_key(name)
-        try:
-            table = offline.read_view(project.offline, name)
-        except NothingBuilt:
-            raise NothingBuilt(f"nothing to materialize for '{name}': it has no offline table "
-                               f"(fix: run `millrace features build` first)") from None
-        latest = latest_per_key(table, key, until)
-        with registry_errors(project), _unreachable(project):
-            fv = store.get_feature_view(name)
-            written, record = _written(project, name)
-            trusted = record is not None and stores.read_marker(project, name) == record.token
-            if not trusted:  # first run, or the store lost what the record says: (re)create, rewrite all
-                _reset_tables(store, fv)
-            todo = latest if full or not trusted else changed(latest, key, written)
-            join_keys = {c.name: c.dtype.to_value_type() for c in fv.entity_columns}
-            provider = store._get_provider()
-            for start in range(0, todo.num_rows, BATCH):
-                rows = _convert_arrow_to_proto(todo.slice(start, BATCH), fv, join_keys)
-                provider.online_write_batch(store.config, fv, rows, progress=None)
-                checkpoint("mid_materialize")  # entities in the store that the record does not list yet
-            token = record.token if trusted else uuid.uuid4().hex
-            if not trusted:
-                stores.write_marker(project, name, token)
-            _remember(project, name, key, todo.select([key, "event_timestamp"]), written if trusted else None, token)
-            first = pc.min(latest.column("event_timestamp")).as_py() if latest.num_rows else until
-            store.registry.apply_materialization(fv, store.project, first, until)
-        reports.append(MaterializeReport(
-            view=name, entities=latest.num_rows, written=todo.num_rows, skipped_unchanged=latest.num_rows - todo.num_rows,
-            refilled=record is not None and not trusted, until=until.isoformat(), seconds=time.time() - started))
+    try:
+        for name in views or [n for n, v in features.views.items() if v.online]:
+            reports.append(_materialize_view(project, features, store, writer, name, until, full))
+    finally:
+        writer.close()
     return reports
+
+
+def _materialize_view(project: Project, features: Features, store, writer: OnlineWriter, name: str,
+                      until: dt.datetime, full: bool) -> MaterializeReport:
+    started = time.time()
+    keys = features.join_keys(name)
+    try:
+        table = offline.read_view(project.offline, name)
+    except NothingBuilt:
+        raise NothingBuilt(f"nothing to materialize for '{name}': it has no offline table "
+                           f"(fix: run `millrace features build` first)") from None
+    latest = latest_per_key(table, keys, until)
+    with registry_errors(project), _unreachable(project):
+        fv = store.get_feature_view(name)
+        written, record = _written(project, name)
+        if written is not None and written.column_names != [*keys, "event_timestamp"]:
+            written = None  # the view's key changed since: the record says nothing about this store
+        trusted = written is not None and record is not None and stores.read_marker(project, name) == record.token
+        if not trusted:  # first run, or the store lost what the record says: (re)create, rewrite all
+            writer.ensure(name)
+        todo = latest if full or not trusted else changed(latest, keys, written)
+        step = max(1, BATCH_VALUES // max(1, len(features.feature_names(name))))
+        for start in range(0, todo.num_rows, step):
+            writer.write(name, todo.slice(start, step))
+            checkpoint("mid_materialize")  # entities in the store that the record does not list yet
+        token = record.token if trusted else uuid.uuid4().hex
+        if not trusted:
+            stores.write_marker(project, name, token)
+        _remember(project, name, keys, todo.select([*keys, "event_timestamp"]), written if trusted else None, token)
+        first = pc.min(latest.column("event_timestamp")).as_py() if latest.num_rows else until
+        store.registry.apply_materialization(fv, store.project, first, until)
+    return MaterializeReport(
+        view=name, entities=latest.num_rows, written=todo.num_rows, skipped_unchanged=latest.num_rows - todo.num_rows,
+        refilled=record is not None and not trusted, until=until.isoformat(), seconds=time.time() - started)
 
 
 class _unreachable:
@@ -148,22 +169,13 @@ class _unreachable:
         return False
 
 
-def _reset_tables(store, fv) -> None:
-    """Make sure the view's online table exists (SQLite: a deleted file has none) on a fresh connection."""
-    online_store = store._get_provider().online_store
-    if getattr(online_store, "_conn", None) is not None:  # Feast's SQLite store caches a connection,
-        online_store._conn = None                         # which may point at a deleted file
-    online_store.update(store.config, tables_to_delete=[], tables_to_keep=[fv], entities_to_delete=[],
-                        entities_to_keep=[], partial=True)
-
-
-def _remember(project: Project, view: str, key: str, written: pa.Table, previous: pa.Table | None,
+def _remember(project: Project, view: str, key: str | list[str], written: pa.Table, previous: pa.Table | None,
               token: str) -> None:
     """Merge what was just written into the record (the newest time per key wins), with its token."""
     if previous is not None:
         both = pa.concat_tables([previous, written.cast(previous.schema)])
         written = latest_per_key(both.append_column("created_timestamp", pa.nulls(both.num_rows, TIMESTAMP)),
-                                 key, None).select([key, "event_timestamp"])
+                                 key, None).select([*_keys(key), "event_timestamp"])
     record = StoreRecord(view=view, store=stores.store_id(project), token=token, entities=written.num_rows,
                          written_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     sink = io.BytesIO()

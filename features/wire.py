@@ -4,7 +4,8 @@ What Feast writes, and what the serving tier must read back byte for byte:
 
 - entity keys: ``serialize_entity_key`` version 3 (``feast/infra/key_encoding_utils.py``):
   ``<I n keys>``, per key ``<I 2 (STRING)> <I len> utf-8 name``, per value ``<I value type>
-  <I len> bytes`` (int64 ``<q``, int32 ``<i``, string utf-8);
+  <I len> bytes`` (int64 ``<q``, int32 ``<i``, string utf-8); the keys of a composite entity
+  sorted by name (Python's string order), their values in the same order;
 - values: the ``feast.types.Value`` protobuf message, serialized;
 - Redis: one hash per entity at ``entity key bytes + project name``; a feature's field is the
   murmur3 (x86, 32 bit, seed 0, little endian) of ``"<view>:<feature>"``; ``_ts:<view>`` holds a
@@ -92,19 +93,32 @@ def _timestamp(seconds: int) -> dt.datetime | None:
     return None if seconds == NULL_TIMESTAMP else dt.datetime.fromtimestamp(seconds, tz=UTC)
 
 
-def entity_key(join_key: str, value: int | str, value_type: int) -> bytes:
-    """``serialize_entity_key`` (version 3) of a one-key entity."""
-    name = join_key.encode("utf-8")
+def entity_key(join_key: str | list[str], value, value_type: int | list[int]) -> bytes:
+    """``serialize_entity_key`` (version 3) of an entity: one key (a name, a value, a type) or a
+    composite one (lists of names, values and types, in any order: Feast sorts them by name)."""
+    if isinstance(join_key, str):
+        join_key, value, value_type = [join_key], [value], [value_type]
+    if not (len(join_key) == len(value) == len(value_type)) or len(set(join_key)) != len(join_key):
+        raise ValueError(f"entity key fields {join_key}: need one value and type per field, no field twice")
+    parts = sorted(zip(join_key, value, value_type), key=lambda part: part[0])
+    names = [name.encode("utf-8") for name, _, _ in parts]
+    out = [struct.pack("<I", len(parts))]
+    out += [struct.pack("<II", STRING, len(name)) + name for name in names]
+    for _, v, kind in parts:
+        data = key_bytes(v, kind)
+        out.append(struct.pack("<II", kind, len(data)) + data)
+    return b"".join(out)
+
+
+def key_bytes(value: int | str, value_type: int) -> bytes:
+    """One entity key value as ``serialize_entity_key`` writes it (after its type and length)."""
     if value_type == STRING:
-        data = str(value).encode("utf-8")
-    elif value_type == INT64:
-        data = struct.pack("<q", int(value))
-    elif value_type == INT32:
-        data = struct.pack("<i", int(value))
-    else:
-        raise ValueError(f"entity key type {value_type} is not int64, int32 or string")
-    return b"".join((struct.pack("<III", 1, STRING, len(name)), name,
-                     struct.pack("<II", value_type, len(data)), data))
+        return str(value).encode("utf-8")
+    if value_type == INT64:
+        return struct.pack("<q", int(value))
+    if value_type == INT32:
+        return struct.pack("<i", int(value))
+    raise ValueError(f"entity key type {value_type} is not int64, int32 or string")
 
 
 def redis_field(view: str, feature: str) -> bytes:

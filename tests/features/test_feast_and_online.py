@@ -341,17 +341,18 @@ def test_second_materialize_writes_nothing(base):
     assert by_view(reports, "skipped_unchanged") == {v: len(all_keys(e, v)) for v in VIEWS}
 
 
-def _spy_writes(monkeypatch, store) -> dict[str, list]:
-    """Record the entity keys each online_write_batch call receives, per view."""
-    provider = store._get_provider()
-    original = provider.online_write_batch
+def _spy_writes(monkeypatch) -> dict[str, list]:
+    """Record the entity keys each online write receives, per view."""
+    from millrace.features.online_write import OnlineWriter
+
+    original = OnlineWriter.write
     seen: dict[str, list] = {}
 
-    def spy(config, table, data, progress=None):
-        seen.setdefault(table.name, []).extend(row[0].entity_values[0].int64_val for row in data)
-        return original(config, table, data, progress)
+    def spy(self, view, table):
+        seen.setdefault(view, []).extend(table.column(self.features.join_key(view)).to_pylist())
+        return original(self, view, table)
 
-    monkeypatch.setattr(provider, "online_write_batch", spy)
+    monkeypatch.setattr(OnlineWriter, "write", spy)
     return seen
 
 
@@ -368,7 +369,7 @@ def test_new_events_for_one_user_write_only_the_changed_entities(fresh, monkeypa
     assert changed == {"user_activity": [1], "user_genres": [1], "movie_popularity": [7, 8], "movie_metadata": []}
 
     store = feast_repo.feature_store(e.project)
-    seen = _spy_writes(monkeypatch, store)
+    seen = _spy_writes(monkeypatch)
     reports = materialize(e.project, e.features, store=store)
     assert by_view(reports) == {v: len(changed[v]) for v in VIEWS}
     assert {v: sorted(seen.get(v, [])) for v in VIEWS} == changed
