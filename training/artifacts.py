@@ -67,6 +67,12 @@ def _save_flavor(directory: str, part: str, model: onnx.ModelProto, spec) -> Non
                            signature=infer_signature(dict(sample.raw), output))
 
 
+def _request_inputs(part) -> str:
+    """The inputs a caller passes itself (the rest come from the online store)."""
+    names = [i.name for i in part.inputs if i.source.startswith("request:")]
+    return f"; request-time inputs (from the caller, not the online store): {', '.join(names)}" if names else ""
+
+
 def model_card(name: str, spec, manifest: Manifest, metrics: dict, verdict_text: str, lineage: Lineage, *,
                project: str, dropped_unlabelled: int) -> str:
     """The card speaks of the project at hand (any domain), and counts the examples left out."""
@@ -78,7 +84,7 @@ def model_card(name: str, spec, manifest: Manifest, metrics: dict, verdict_text:
     lat = [f"- {part}: {v['fp32_ms']:.3f} ms FP32, {v.get('int8_ms', float('nan')):.3f} ms INT8 at batch "
            f"{v['batch']} ({v.get('speedup', float('nan')):.2f}x)" for part, v in metrics.get("latency", {}).items()]
     parts = [f"- `{p}`: inputs " + ", ".join(f"`{i.name}` {i.datatype}{list(i.shape)}" for i in e.signature.inputs)
-             + f"; output `{e.output}`; serves {e.served.upper()}" for p, e in manifest.parts.items()]
+             + f"; output `{e.output}`; serves {e.served.upper()}" + _request_inputs(e) for p, e in manifest.parts.items()]
     examples = lineage.examples
     return "\n".join([
         f"# {name}", "", spec.description or "", "",
