@@ -45,7 +45,11 @@ class OnlineReader:
         self._tables: set[str] = set()
 
     def read(self, view: str, keys, feature_names: list[str] | None = None) -> pa.Table:
-        """One row per key, in order: the key, then each feature (null where the store has none).
+        """One row per key, in order: the key column(s), then each feature (null where the store has none).
+
+        ``keys``: the values of a one-key view (a list or an Arrow array); for a view keyed on
+        several columns, a mapping of each key column to its values (or an Arrow table with those
+        columns), e.g. ``{"origin": ["JFK"], "dest": ["LAX"]}``. A key with a null part reads as nulls.
 
         A key whose stored event time is older than ``clock() - ttl`` of the view reads as all
         nulls, as the point-in-time join treats it; a ttl of 0 (the default) never expires; without a
@@ -53,18 +57,13 @@ class OnlineReader:
         self.features.view(view)  # UnknownFeature with the valid names
         names = list(feature_names or self.features.feature_names(view))
         types = self.features.types[view]
-        unknown = [n for n in names if n not in types or n == self.features.join_key(view)]
+        key_types = self.features.key_types(view)
+        unknown = [n for n in names if n not in types or n in key_types]
         if unknown:
             raise UnknownFeature(f"unknown feature(s) {unknown} in view '{view}' "
                                  f"(fix: use some of {self.features.feature_names(view)})")
-        join_key = self.features.join_key(view)
-        key_type = types[join_key]
-        values = keys.to_pylist() if isinstance(keys, (pa.Array, pa.ChunkedArray)) else list(keys)
-        try:
-            encoded = [None if v is None else wire.entity_key(join_key, v, _KEY_TYPES[key_type]) for v in values]
-        except (ValueError, TypeError, struct.error):
-            raise FeatureError(f"keys of view '{view}' must be {key_type} ('{join_key}'), got {values[:5]} "
-                                 f"(fix: pass {key_type} keys)") from None
+        columns = _key_columns(view, keys, key_types)
+        encoded = _encode_keys(view, columns, key_types)
         try:
             raw = self._read_sqlite(view, encoded, names) if self.kind == stores.SQLITE else \
                 self._read_redis(view, encoded, names)
@@ -81,10 +80,10 @@ class OnlineReader:
             oldest = self.clock() - ttl
             raw = [row if row is None or row[1] is None or row[1] >= oldest else None for row in raw]
         raw = [row[0] if row else None for row in raw]
-        columns = {join_key: pa.array(values, key_type)}
+        out = {key: pa.array(values, key_types[key]) for key, values in columns.items()}
         for i, name in enumerate(names):
-            columns[name] = _column(view, name, types[name], [row[i] if row else None for row in raw])
-        return pa.table(columns)
+            out[name] = _column(view, name, types[name], [row[i] if row else None for row in raw])
+        return pa.table(out)
 
     def _where(self) -> str:
         return stores.sqlite_path(self.project) if self.kind == stores.SQLITE else stores.store_id(self.project)
@@ -153,20 +152,66 @@ class OnlineReader:
         return [None if r is None else (r[:-1], _redis_time(r[-1])) for r in rows]
 
 
+def _key_columns(view: str, keys, key_types: dict[str, pa.DataType]) -> dict[str, list]:
+    """The key values per key column, in the view's declared order."""
+    names = list(key_types)
+    if isinstance(keys, (pa.Table, pa.RecordBatch)):
+        keys = {n: keys.column(n) for n in names if n in keys.column_names}
+    if isinstance(keys, dict):
+        missing, extra = [n for n in names if n not in keys], [n for n in keys if n not in key_types]
+        if missing or extra:
+            raise FeatureError(f"keys of view '{view}' must be given for exactly {names}, got {list(keys)} "
+                               f"(fix: pass {{{', '.join(repr(n) + ': [...]' for n in names)}}})")
+        columns = {n: _values(keys[n]) for n in names}
+        if len({len(v) for v in columns.values()}) > 1:
+            raise FeatureError(f"keys of view '{view}': the columns {names} have different lengths "
+                               f"{[len(v) for v in columns.values()]} (fix: pass one value per key column and entity)")
+        return columns
+    if len(names) != 1:
+        raise FeatureError(f"view '{view}' is keyed on {names}: pass a mapping of each to its values or an Arrow "
+                           f"table with those columns (fix: read(view, {{{', '.join(repr(n) + ': [...]' for n in names)}}}))")
+    return {names[0]: _values(keys)}
+
+
+def _values(values) -> list:
+    return values.to_pylist() if isinstance(values, (pa.Array, pa.ChunkedArray)) else list(values)
+
+
+def _encode_keys(view: str, columns: dict[str, list], key_types: dict[str, pa.DataType]) -> list[bytes | None]:
+    """Serialized entity keys (None where a part is None), as Feast's ``serialize_entity_key`` v3."""
+    names = list(columns)
+    try:
+        codes = [_KEY_TYPES[key_types[n]] for n in names]
+        if len(names) == 1:
+            name, code = names[0], codes[0]
+            return [None if v is None else wire.entity_key(name, v, code) for v in columns[name]]
+        return [None if any(v is None for v in row) else wire.entity_key(names, list(row), codes)
+                for row in zip(*columns.values())]
+    except (ValueError, TypeError, struct.error, KeyError):
+        if len(names) == 1:
+            name, dtype = names[0], key_types[names[0]]
+            raise FeatureError(f"keys of view '{view}' must be {dtype} ('{name}'), got {columns[name][:5]} "
+                               f"(fix: pass {dtype} keys)") from None
+        want = ", ".join(f"'{n}' {key_types[n]}" for n in names)
+        raise FeatureError(f"keys of view '{view}' must be {want}, got {({n: columns[n][:5] for n in names})} "
+                           f"(fix: pass keys of those types)") from None
+
+
 @lru_cache(maxsize=4096)
 def _field(view: str, feature: str) -> bytes:
     return wire.redis_field(view, feature)  # pure-Python murmur3: once per feature, not per read
 
 
 def _sqlite_time(value) -> dt.datetime | None:
-    """Feast's SQLite ``event_ts``: epoch seconds (its last registered adapter), or ISO text."""
+    """Feast's SQLite ``event_ts``: epoch seconds of the naive UTC time read as local time (its last
+    registered adapter), read back as Feast does (``fromtimestamp`` local, then UTC); or ISO text."""
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(value, tz=UTC)
+        return dt.datetime.fromtimestamp(int(value)).replace(tzinfo=UTC)
     text = value.decode() if isinstance(value, bytes) else str(value)
     if text.lstrip("-").isdigit():
-        return dt.datetime.fromtimestamp(int(text), tz=UTC)
+        return dt.datetime.fromtimestamp(int(text)).replace(tzinfo=UTC)
     at = dt.datetime.fromisoformat(text)
     return at if at.tzinfo else at.replace(tzinfo=UTC)  # Feast writes naive UTC
 

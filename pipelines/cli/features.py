@@ -90,23 +90,44 @@ def training_set(
 
 @app.command("get")
 def get(view: str = typer.Argument(..., help="Feature view."),
-        keys: list[str] = typer.Argument(..., help="Entity keys.")):
+        keys: list[str] = typer.Argument(..., help="Entity keys. A view keyed on several columns takes one "
+                                         "argument per entity with every key column, as "
+                                         "column=value pairs: origin=JFK,dest=LAX")):
     """Read features of some entities from the online store."""
     import pyarrow as pa
 
+    from millrace.features.errors import FeatureError
     from millrace.features.online import OnlineReader
     from millrace.features.spec import load_features
 
-    from millrace.features.errors import FeatureError
-
     project = common.project()
     features = load_features(project)
-    key_type = features.key_type(view)
-    try:
-        typed = pa.array(keys).cast(key_type)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise FeatureError(f"keys {keys}: not all are {key_type}, the type of view '{view}''s key "
-                           f"'{features.join_key(view)}' (fix: pass {key_type} keys)") from None
-    table = OnlineReader(project, features).read(view, typed)
+    features.view(view)  # an unknown view: one line with the valid names
+    key_types = features.key_types(view)
+    columns = _key_columns(view, keys, list(key_types)) if len(key_types) > 1 else {next(iter(key_types)): keys}
+    typed = {}
+    for name, values in columns.items():
+        try:
+            typed[name] = pa.array(values).cast(key_types[name])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise FeatureError(f"keys {values}: not all are {key_types[name]}, the type of view '{view}''s key "
+                               f"'{name}' (fix: pass {key_types[name]} keys)") from None
+    reader = OnlineReader(project, features)
+    table = reader.read(view, typed if len(typed) > 1 else next(iter(typed.values())))
     for row in table.to_pylist():
         typer.echo(row)
+
+
+def _key_columns(view: str, keys: list[str], names: list[str]) -> dict[str, list[str]]:
+    """``origin=JFK,dest=LAX`` arguments as one list of values per key column."""
+    from millrace.features.errors import FeatureError
+
+    shape = ",".join(f"{n}=..." for n in names)
+    columns: dict[str, list[str]] = {n: [] for n in names}
+    for arg in keys:
+        pairs = dict(part.split("=", 1) for part in arg.split(",") if "=" in part)
+        if len(pairs) != len(arg.split(",")) or sorted(pairs) != sorted(names):
+            raise FeatureError(f"key '{arg}': view '{view}' is keyed on {names} (fix: pass each entity as {shape})")
+        for name in names:
+            columns[name].append(pairs[name])
+    return columns
