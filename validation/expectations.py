@@ -106,6 +106,34 @@ def _bounds(check: TableCheck):
     }.get(op, (None, None, False, False))
 
 
+@dataclass(frozen=True)
+class BundleResult:
+    """The verdicts of several partitions validated together: one ``SuiteResult`` per partition, and
+    the validation of all their rows stacked (None for a single partition), whose Data Docs page
+    stands for every partition that passed."""
+
+    partitions: dict[str, SuiteResult]
+    whole: SuiteResult | None = None
+
+
+def subset_closed(expectation) -> bool:
+    """Whether the expectation holds on every part of a table whenever it holds on the whole.
+
+    True for the column set (each part has exactly the whole's columns) and for row-by-row
+    expectations that allow no exception (``mostly`` = 1, no row condition): a part's unexpected
+    rows are among the whole's, so none in the whole means none in a part. Uniqueness is one of
+    them: a key repeated within a part is repeated in the whole. Not for table metrics (row
+    count) or a ``mostly`` below 1, which say nothing about a part."""
+    from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation
+    import great_expectations.expectations as gxe
+
+    if isinstance(expectation, gxe.ExpectTableColumnsToMatchSet):
+        return True
+    if not isinstance(expectation, (ColumnMapExpectation, MulticolumnMapExpectation)):
+        return False
+    return getattr(expectation, "row_condition", None) is None and float(getattr(expectation, "mostly", 1)) == 1.0
+
+
 class SuiteRunner:
     """An ephemeral GE context with the contract's suite, reused for every partition of a run."""
 
@@ -120,12 +148,66 @@ class SuiteRunner:
         asset = source.add_dataframe_asset(contract.name)
         self.batch_definition = asset.add_batch_definition_whole_dataframe("partition")
         self.suite = self.context.suites.add(build_suite(contract))
+        self._closed = [subset_closed(e) for e in self.suite.expectations]
+        self._parts: dict[tuple[int, ...], object] = {}  # sub-suites by expectation positions
         self._view = self._renderer = None
 
     def validate(self, table: pa.Table) -> SuiteResult:
+        """The whole suite on one partition's rows."""
+        return self._report(self._run(self.suite, table))
+
+    def validate_many(self, tables: dict[str, pa.Table]) -> BundleResult:
+        """The suite on several partitions at once, each partition's verdict as if validated alone.
+
+        GE validates all rows stacked, once. An expectation that is ``subset_closed`` and held on
+        the stack holds on each partition, and that result stands for it (marked in its ``meta``).
+        Every other expectation (table metrics such as the row count, a ``mostly`` below 1, and any
+        expectation that failed on the stack) is validated by GE on each partition alone, so a
+        failure is always judged, and reported, on the partition's own rows."""
+        if len(tables) <= 1:
+            return BundleResult({p: self.validate(t) for p, t in tables.items()})
+        names = list(self.contract.field_names)
+        stacked = pa.concat_tables([t.select(names) for t in tables.values()])
+        whole = self._run(self.suite, stacked)
+        by_key = {_key(r.expectation_config): r for r in whole.results}
+        held = [closed and bool(by_key[_key(e.configuration)].success)
+                for closed, e in zip(self._closed, self.suite.expectations)]
+        rest = tuple(i for i, h in enumerate(held) if not h)
+        marker = {"millrace": {"validated_on": "stacked partitions", "partitions": len(tables),
+                               "rows": stacked.num_rows}}
+        # Results in the order GE gave them for the whole suite, as a partition validated alone gets them.
+        decided = {_key(e.configuration): h for h, e in zip(held, self.suite.expectations)}
+        keys = [_key(r.expectation_config) for r in whole.results]
+        held = [decided[k] for k in keys]
+        shared = {k: _marked(by_key[k], marker) for k, h in zip(keys, held) if h}
+        documents = {id(r): r.to_json_dict() for r in shared.values()}  # serialized once, not per partition
+        out = {}
+        for partition, table in tables.items():
+            own = self._run(self._part_suite(rest), table) if rest else None
+            own_by_key = {_key(r.expectation_config): r for r in own.results} if own else {}
+            results = [shared[k] if h else own_by_key[k] for k, h in zip(keys, held)]
+            out[partition] = self._report(_combined(self.suite.name, results, own or whole, partition), documents)
+        return BundleResult(out, self._report(whole))
+
+    def _part_suite(self, positions: tuple[int, ...]):
+        """The suite's expectations at ``positions``, as a suite of their own (built once)."""
+        if positions not in self._parts:
+            import copy
+
+            import great_expectations as gx
+
+            expectations = [copy.copy(self.suite.expectations[i]) for i in positions]
+            name = f"{self.suite.name}-part-{len(self._parts)}"
+            self._parts[positions] = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        return self._parts[positions]
+
+    def _run(self, suite, table: pa.Table):
         frame = table.select(list(self.contract.field_names)).to_pandas(types_mapper=None)
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self.suite, result_format="SUMMARY")
+        return batch.validate(suite, result_format="SUMMARY")
+
+    def _report(self, result, documents: dict | None = None) -> SuiteResult:
+        """The typed report of a suite result; ``documents``: results already serialized, by id."""
         blocking, warnings = [], []
         for r in result.results:
             if r.success:
@@ -134,10 +216,9 @@ class SuiteRunner:
             label = f"{cfg.type}({_describe(cfg.kwargs)})"
             severity = str(getattr(cfg, "severity", "critical")).lower()
             (warnings if severity.endswith(("warning", "info")) else blocking).append(label)
-        document = json.loads(json.dumps(result.to_json_dict(), default=str))  # plain JSON values only
         report = ExpectationsReport(suite=self.suite.name, success=not blocking, evaluated=len(result.results),
                                     failed_blocking=tuple(blocking), failed_warnings=tuple(warnings),
-                                    great_expectations=document)
+                                    great_expectations=_document(result, documents or {}))
         return SuiteResult(report=report, validation=result)
 
     def render_html(self, suite_result: SuiteResult) -> str:
@@ -147,6 +228,49 @@ class SuiteRunner:
         if self._view is None:  # one view: its Jinja environment caches the compiled templates
             self._view, self._renderer = DefaultJinjaPageView(), ValidationResultsPageRenderer()
         return self._view.render(self._renderer.render(suite_result.validation))
+
+
+def _key(cfg) -> str:
+    """An expectation's identity across suites and batches: its type, arguments and severity (not
+    its id, nor the batch a result was computed on)."""
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
+    return json.dumps([cfg.type, kwargs, str(getattr(cfg, "severity", ""))], sort_keys=True, default=str)
+
+
+def _document(result, documents: dict) -> dict:
+    """GE's JSON of a suite result (its ``to_json_dict``), reusing the results serialized before."""
+    from great_expectations.core import ExpectationSuiteValidationResult
+
+    shell = ExpectationSuiteValidationResult(success=result.success, results=[], suite_name=result.suite_name,
+                                             suite_parameters=result.suite_parameters, statistics=result.statistics,
+                                             meta=result.meta, batch_id=result.batch_id, id=result.id)
+    document = shell.to_json_dict()
+    document["results"] = [documents[id(r)] if id(r) in documents else r.to_json_dict() for r in result.results]
+    return json.loads(json.dumps(document, default=str))  # plain JSON values only
+
+
+def _marked(result, marker: dict):
+    from great_expectations.core import ExpectationValidationResult
+
+    return ExpectationValidationResult(success=result.success, expectation_config=result.expectation_config,
+                                       result=result.result, meta={**(result.meta or {}), **marker},
+                                       exception_info=result.exception_info)
+
+
+def _combined(suite_name: str, results: list, source, partition: str):
+    """One partition's suite result from its expectation results, in suite order; batch metadata
+    from the validation of its own rows when there was one."""
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.validator.validation_statistics import calc_validation_statistics
+
+    stats = calc_validation_statistics(results)
+    meta = {**(source.meta or {}), "millrace_partition": partition}
+    return ExpectationSuiteValidationResult(
+        success=stats.success, results=results, suite_name=suite_name, meta=meta, batch_id=source.batch_id,
+        statistics={"evaluated_expectations": stats.evaluated_expectations,
+                    "successful_expectations": stats.successful_expectations,
+                    "unsuccessful_expectations": stats.unsuccessful_expectations,
+                    "success_percent": stats.success_percent})
 
 
 def _describe(kwargs: dict) -> str:
