@@ -37,10 +37,19 @@ class LandingFile:
 
 @dataclass
 class Decoded:
+    """Decoded landing files of one partition (one file, or all of them decoded together)."""
+
     partition: str
     good: pa.Table         # contract schema + provenance columns
     quarantine: pa.Table   # validation.quarantine.SCHEMA
-    input: InputFile
+    inputs: list[InputFile]
+
+    @property
+    def input(self) -> InputFile:
+        """The input of a single decoded file."""
+        if len(self.inputs) != 1:
+            raise ValueError(f"{len(self.inputs)} files decoded together have no single input")
+        return self.inputs[0]
 
 
 def partition_of_date(contract: Contract, landing_date: str) -> str:
@@ -66,42 +75,91 @@ def decode_file(contract: Contract, source: str, landing: LandingFile, data: byt
                 file_index: int = 0) -> Decoded:
     """Decode one landing file. ``file_index`` is its position among its partition's files (the
     provenance kept on good rows so that duplicates can be traced back to their line)."""
-    records = read_records(landing.path, data, contract.field_names, contract.landing)
-    n = records.text.num_rows
-    verdicts = Verdicts(records.reason, records.field)
+    return decode_files(contract, source, landing.partition, [(landing, data)], now_us, run_id, file_index,
+                        keep_unreadable=False)
+
+
+def decode_files(contract: Contract, source: str, partition: str, files: list[tuple[LandingFile, bytes]],
+                 now_us: int, run_id: str, first_index: int = 0, keep_unreadable: bool = True) -> Decoded:
+    """Decode the landing files of one partition together: each file is read on its own (text
+    columns, line numbers, raw bytes), then their rows are typed and judged in one pass, so many
+    small files cost one coercion and one set of rules, not one per file. A file that cannot be
+    read at all is kept as an input with its error (its partition is then rejected), unless
+    ``keep_unreadable`` is False: then its error is raised."""
+    read, inputs, index = [], [], []
+    for i, (landing, data) in enumerate(files):
+        try:
+            records = read_records(landing.path, data, contract.field_names, contract.landing)
+        except (pa.ArrowException, UnreadableFile) as exc:
+            if not keep_unreadable:
+                raise
+            inputs.append(_unreadable_input(landing, exc))
+            continue
+        n = records.text.num_rows
+        read.append((landing, records, first_index + i))
+        index.append(np.full(n, first_index + i, dtype=np.int32))
+        inputs.append(InputFile(path=landing.path, sha256=records.sha256, bytes=records.size, mtime=landing.mtime,
+                                records=n, landing_date=landing.landing_date))
+    if not read:
+        return Decoded(partition, _empty_good(contract), Q.empty(), inputs)
+    text = pa.concat_tables([r.text for _, r, _ in read]) if len(read) > 1 else read[0][1].text
+    verdicts = Verdicts(_concat([r.reason for _, r, _ in read]), _concat([r.field for _, r, _ in read]))
     columns = {}
     for f in contract.fields:
-        values, failed = coerce(f, records.text.column(f.name))
+        values, failed = coerce(f, text.column(f.name))
         verdicts.flag(failed, R.TYPE_MISMATCH, f.name)
         columns[f.name] = values
     typed = pa.table(columns)
     apply_field_rules(contract, typed, verdicts)
     flag_future_event_times(contract, typed, now_us, verdicts)
     if contract.event_time is not None:
-        start, end = partition_bounds(contract, landing.partition)
+        start, end = partition_bounds(contract, partition)
         event = typed.column(contract.event_time)
         outside = pc.or_(pc.less(event, start), pc.greater_equal(event, end))
         verdicts.flag(outside, R.LATE_EVENT, contract.event_time)
     ok = verdicts.ok
+    lines = np.concatenate([r.line for _, r, _ in read]).astype(np.int64)
+    file_of = np.concatenate(index)
     good = typed.filter(ok).cast(arrow_schema(contract))
-    good = good.append_column("_file", pa.repeat(pa.scalar(file_index, pa.int32()), good.num_rows))
-    good = good.append_column("_line", pa.array(records.line, pa.int64()).filter(ok))
-    bad_idx = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
-    quarantine = Q.records(
-        source, landing.partition, landing.path, records.line[bad_idx],
-        verdicts.reason.take(bad_idx), verdicts.field.take(bad_idx),
-        _payloads(records.raw, bad_idx), run_id)
-    info = InputFile(path=landing.path, sha256=records.sha256, bytes=records.size, mtime=landing.mtime, records=n,
-                     landing_date=landing.landing_date)
-    return Decoded(landing.partition, good, quarantine, info)
+    good = good.append_column("_file", pa.array(file_of, pa.int32()).filter(ok))
+    good = good.append_column("_line", pa.array(lines, pa.int64()).filter(ok))
+    quarantine = _quarantined(source, partition, read, file_of, lines, verdicts, ok, run_id)
+    return Decoded(partition, good, quarantine, inputs)
+
+
+def _quarantined(source, partition, read, file_of, lines, verdicts, ok, run_id) -> pa.Table:
+    """Quarantine records of the rejected rows, file by file (only files that have some)."""
+    bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+    if not len(bad):
+        return Q.empty()
+    starts = np.cumsum([0] + [r.text.num_rows for _, r, _ in read])
+    out = []
+    for k, (landing, records, _i) in enumerate(read):
+        rows = bad[(bad >= starts[k]) & (bad < starts[k + 1])]
+        if not len(rows):
+            continue
+        taken = pa.array(rows, pa.int64())
+        out.append(Q.records(source, partition, landing.path, lines[rows], verdicts.reason.take(taken),
+                             verdicts.field.take(taken), _payloads(records.raw, rows - starts[k]), run_id))
+    return pa.concat_tables(out)
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _empty_good(contract: Contract) -> pa.Table:
+    return arrow_schema(contract).append(pa.field("_file", pa.int32())).append(pa.field("_line", pa.int64())).empty_table()
+
+
+def _unreadable_input(landing: LandingFile, exc: Exception) -> InputFile:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputFile(path=landing.path, bytes=landing.size, mtime=landing.mtime, landing_date=landing.landing_date,
+                     error=message)
 
 
 def unreadable(contract: Contract, landing: LandingFile, exc: Exception) -> Decoded:
-    schema = arrow_schema(contract).append(pa.field("_file", pa.int32())).append(pa.field("_line", pa.int64()))
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return Decoded(landing.partition, schema.empty_table(), Q.empty(),
-                   InputFile(path=landing.path, bytes=landing.size, mtime=landing.mtime,
-                             landing_date=landing.landing_date, error=message))
+    return Decoded(landing.partition, _empty_good(contract), Q.empty(), [_unreadable_input(landing, exc)])
 
 
 def _payloads(raw, index: np.ndarray) -> pa.Array:
@@ -117,16 +175,47 @@ class _DecodeFn(beam.DoFn):
         from millrace.pipelines.lake import read_bytes
 
         partition, files = element
-        decoded = []
-        for index, landing in enumerate(sorted(files, key=lambda f: f.path)):
+        read = []
+        for landing in sorted(files, key=lambda f: f.path):
             try:
-                data = read_bytes(landing.path)
-                decoded.append(decode_file(self.contract, self.source, landing, data, self.now_us, self.run_id, index))
-            except (OSError, pa.ArrowException, UnreadableFile) as exc:
+                read.append((landing, read_bytes(landing.path)))
+            except OSError as exc:
                 # The partition is then rejected by WritePartitions, naming the file and the error.
-                decoded.append(unreadable(self.contract, landing, exc))
+                read.append((landing, exc))
+        decoded, batch = [], []
+        for index, (landing, data) in enumerate(read):
+            if isinstance(data, OSError):
+                decoded.append(unreadable(self.contract, landing, data))
+            else:
+                batch.append((index, landing, data))
+        # Consecutive readable files are decoded together; file positions stay those of the sorted list.
+        for group in _runs(batch):
+            decoded.extend(self._decode(partition, group))
+        for _ in read:
             checkpoint("after_decode")
         yield partition, decoded
+
+
+    def _decode(self, partition: str, group: list) -> list[Decoded]:
+        try:
+            return [decode_files(self.contract, self.source, partition, [(f, d) for _, f, d in group],
+                                 self.now_us, self.run_id, group[0][0])]
+        except pa.ArrowException as exc:
+            if len(group) == 1:
+                return [unreadable(self.contract, group[0][1], exc)]
+            # One file's rows broke the joint pass: decode file by file, so only that file is unreadable.
+            return [d for item in group for d in self._decode(partition, [item])]
+
+
+def _runs(batch: list) -> list[list]:
+    """``(index, file, data)`` items split where the indices are not consecutive."""
+    runs: list[list] = []
+    for item in batch:
+        if runs and runs[-1][-1][0] + 1 == item[0]:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 class DecodeUnderContract(beam.PTransform):

@@ -146,7 +146,8 @@ def _ingest(project: Project, source: str, start, end, beam_args, validate: bool
         raise RunFailed(f"{source}: no report for {len(missing)} of {len(groups)} partition(s) under "
                         f"{lake.join(reports_dir, 'partitions')}, e.g. {missing[0]} (fix: rerun the ingest)")
     lake.write_bytes(lake.join(reports_dir, "summary.json"), result.summary().to_json().encode())
-    _write_docs_index(project, source)
+    if validate:
+        _write_docs_index(project, source, contract, result.reports)
     return result
 
 
@@ -198,10 +199,28 @@ class _Watcher:
         self.progress(len(lake.list_dir(lake.join(self.reports_dir, "partitions"))), self.total)
 
 
-def _write_docs_index(project: Project, source: str) -> None:
-    """An index page over the per-partition Data Docs of a source."""
+def _write_docs_index(project: Project, source: str, contract: Contract, reports: list[PartitionReport]) -> None:
+    """The index of a source's Data Docs: each committed partition (and each partition this run
+    rejected after validation) with its verdict and its page. Partitions validated together share
+    one page; pages no partition links to any more (replaced commits) are removed."""
+    import html
+
     docs_dir = lake.join(project.state_dir, "data_docs", source)
-    pages = sorted(p.rsplit("/", 1)[-1] for p in lake.list_dir(docs_dir) if p.endswith(".html") and not p.endswith("index.html"))
-    rows = "\n".join(f'<li><a href="{p}">{p[:-5]}</a></li>' for p in pages)
-    html = f"<html><head><title>{source} expectations</title></head><body><h1>{source}: Great Expectations results by partition</h1><ul>{rows}</ul></body></html>"
-    lake.write_bytes(lake.join(docs_dir, "index.html"), html.encode())
+    committed, _corrupt = lake.scan_partitions(project.lake, source, contract.partitioning.key)
+    entries = {c.value: (COMMITTED, c.manifest.expectations) for c in committed if c.manifest.expectations}
+    entries.update({r.partition: (REJECTED, r.expectations) for r in reports
+                    if r.status == REJECTED and r.expectations})
+    linked = {e.data_docs.rsplit("/", 1)[-1] for _status, e in entries.values()}
+    rows = []
+    for value, (status, e) in sorted(entries.items()):
+        page = e.data_docs.rsplit("/", 1)[-1]
+        verdict = "passed" if e.success and not e.failed_warnings else (
+            "warnings: " + ", ".join(e.failed_warnings) if e.success else "failed: " + ", ".join(e.failed_blocking))
+        rows.append(f'<li><a href="{html.escape(page)}">{html.escape(value)}</a> {status}, '
+                    f'{html.escape(verdict)}</li>')
+    names = {p.rsplit("/", 1)[-1] for p in lake.list_dir(docs_dir)}
+    lake.remove_unlisted(docs_dir, {n for n in names if not n.endswith(".html")} | linked | {"index.html"})
+    body = "\n".join(rows)
+    page = (f"<html><head><title>{source} expectations</title></head><body><h1>{source}: Great Expectations "
+            f"results by partition</h1><ul>{body}</ul></body></html>")
+    lake.write_bytes(lake.join(docs_dir, "index.html"), page.encode())

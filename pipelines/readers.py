@@ -21,6 +21,7 @@ from millrace.contracts.model import LandingFormat
 from millrace.validation.reasons import BAD_ENCODING, MALFORMED_RECORD, MISSING_COLUMN
 
 BOM = b"\xef\xbb\xbf"
+_THREADED_JSON_BYTES = 4 << 20
 
 
 class UnreadableFile(ValueError):
@@ -246,7 +247,10 @@ def _read_jsonl(lines: _Lines, bad_utf8: np.ndarray, fields, landing: LandingFor
     raw_all = lines.array() if len(lines) else pa.array([], pa.large_binary())
     if not len(bad_utf8) and len(data_idx):
         try:
-            table = pj.read_json(io.BytesIO(lines.data), read_options=pj.ReadOptions(block_size=16 << 20))
+            # Threads only pay off on big files: on a small one they cost ~2 ms of a 0.3 ms read.
+            threads = len(lines.data) > _THREADED_JSON_BYTES
+            table = pj.read_json(io.BytesIO(lines.data),
+                                 read_options=pj.ReadOptions(block_size=16 << 20, use_threads=threads))
             if table.num_rows == len(data_idx):
                 text = _text_columns(table, fields, table.num_rows, landing)
                 return _assemble(lines, raw_all, data_idx, data_idx, text, np.array([], np.int64), bad_utf8,

@@ -56,10 +56,19 @@ def resolve_duplicates(contract: Contract, good: pa.Table) -> tuple[pa.Table, pa
     return good.take(kept), good.take(np.flatnonzero(lose))
 
 
+BUNDLE_RECORDS = 1_000_000   # records buffered before a worker validates and commits what it holds
+BUNDLE_PARTITIONS = 512      # ... or partitions (a run of many small ones)
+
+
 class _WriteFn(beam.DoFn):
+    """Buffers the partitions a worker receives and writes them together (``write_partitions``):
+    the expectation suite then runs once over many small partitions instead of once for each."""
+
     def __init__(self, contract: Contract, source: str, where: Locations, run_id: str, validate: bool = True):
         self.contract, self.source, self.where, self.run_id, self.validate = contract, source, where, run_id, validate
         self._suite = None
+        self._pending: list = []
+        self._records = 0
 
     def setup(self):
         if self.validate:
@@ -67,36 +76,91 @@ class _WriteFn(beam.DoFn):
 
             self._suite = SuiteRunner(self.contract)
 
+    def start_bundle(self):
+        self._pending, self._records = [], 0
+
     def process(self, element):
         partition, decoded = element
-        yield write_partition(self.contract, self.source, partition, list(decoded), self.where, self.run_id, self._suite)
+        decoded = list(decoded)
+        self._pending.append((partition, decoded))
+        self._records += sum(i.records for d in decoded for i in d.inputs)
+        if self._records >= BUNDLE_RECORDS or len(self._pending) >= BUNDLE_PARTITIONS:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        for report in self._flush():
+            yield GlobalWindows.windowed_value(report)
+
+    def _flush(self):
+        pending, self._pending, self._records = self._pending, [], 0
+        return write_partitions(self.contract, self.source, pending, self.where, self.run_id, self._suite) \
+            if pending else []
 
 
 def write_partition(contract: Contract, source: str, partition: str, decoded: list[Decoded],
                     where: Locations, run_id: str, suite=None) -> PartitionReport:
     """Resolve, check and commit one partition from its decoded files; returns the run report."""
+    return write_partitions(contract, source, [(partition, decoded)], where, run_id, suite)[0]
+
+
+def write_partitions(contract: Contract, source: str, items: list[tuple[str, list[Decoded]]], where: Locations,
+                     run_id: str, suite=None) -> list[PartitionReport]:
+    """Resolve, check and commit several partitions, each on its own: the threshold and the
+    expectations judge each partition (the suite validates them together, ``validate_many``), and
+    each commit is atomic. Returns one report per partition, in the order given."""
     started = time.time()
-    merged = _merge(contract, source, partition, decoded, run_id)
-    problem = _problem(contract, decoded, merged)
-    suite_result, expectations = None, None
-    if problem is None and suite is not None:
-        suite_result = suite.validate(merged.good)
-        docs = lake.join(where.state_dir, "data_docs", source, f"{contract.partitioning.key}={partition}.html")
-        lake.write_bytes(docs, suite.render_html(suite_result).encode())
-        expectations = ExpectationsInfo(success=suite_result.success, failed_blocking=suite_result.failed_blocking,
-                                        failed_warnings=suite_result.failed_warnings, data_docs=docs)
-        if not suite_result.success:
-            problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
-    if problem is None:
-        outcome = _commit(contract, source, partition, merged, suite_result, expectations, where, run_id)
-        expectations = outcome.pop("expectations")
-    else:
-        outcome = _reject(source, contract.partitioning.key, partition, merged.quarantine, problem, where, run_id)
-    return PartitionReport(source=source, partition=partition, key=contract.partitioning.key, run_id=run_id,
-                           records=merged.records, good=merged.good.num_rows, quarantined=merged.quarantine.num_rows,
-                           by_reason=merged.by_reason, duplicates_resolved=merged.duplicates_resolved,
-                           inputs=merged.inputs, expectations=expectations,
-                           seconds=time.time() - started, **outcome)
+    merged = {p: _merge(contract, source, p, decoded, run_id) for p, decoded in items}
+    problems = {p: _problem(contract, decoded, merged[p]) for p, decoded in items}
+    verdicts, docs = {}, {}
+    if suite is not None:
+        checked = {p: merged[p].good for p, _ in items if problems[p] is None}
+        bundle = suite.validate_many(checked) if checked else None
+        if bundle is not None:
+            verdicts = bundle.partitions
+            docs = _write_docs(contract, source, where, run_id, suite, bundle)
+    spent = (time.time() - started) / max(len(items), 1)  # shared work, split evenly
+    reports = []
+    for partition, decoded in items:
+        started = time.time()
+        m, problem, suite_result, expectations = merged[partition], problems[partition], verdicts.get(partition), None
+        if suite_result is not None:
+            expectations = ExpectationsInfo(success=suite_result.success, failed_blocking=suite_result.failed_blocking,
+                                            failed_warnings=suite_result.failed_warnings, data_docs=docs[partition])
+            if not suite_result.success:
+                problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
+        if problem is None:
+            outcome = _commit(contract, source, partition, m, suite_result, expectations, where, run_id)
+            expectations = outcome.pop("expectations")
+        else:
+            outcome = _reject(source, contract.partitioning.key, partition, m.quarantine, problem, where, run_id)
+        reports.append(PartitionReport(
+            source=source, partition=partition, key=contract.partitioning.key, run_id=run_id, records=m.records,
+            good=m.good.num_rows, quarantined=m.quarantine.num_rows, by_reason=m.by_reason,
+            duplicates_resolved=m.duplicates_resolved, inputs=m.inputs, expectations=expectations,
+            seconds=spent + time.time() - started, **outcome))
+    return reports
+
+
+def _write_docs(contract: Contract, source: str, where: Locations, run_id: str, suite, bundle) -> dict[str, str]:
+    """Data Docs pages, by partition. A partition with a failed expectation (blocking or warning),
+    or validated alone, gets a page of its own; the others share the page of the validation of
+    all their rows together, rendered once."""
+    key = contract.partitioning.key
+    folder = lake.join(where.state_dir, "data_docs", source)
+    pages, shared = {}, None
+    for partition, result in bundle.partitions.items():
+        if bundle.whole is None or result.failed_blocking or result.failed_warnings:
+            pages[partition] = lake.join(folder, f"{key}={partition}.html")
+            lake.write_bytes(pages[partition], suite.render_html(result).encode())
+            continue
+        if shared is None:
+            names = sorted(bundle.partitions)
+            shared = lake.join(folder, f"{key}={names[0]}..{names[-1]}-{run_id}.html")
+            lake.write_bytes(shared, suite.render_html(bundle.whole).encode())
+        pages[partition] = shared
+    return pages
 
 
 @dataclass(frozen=True)
@@ -111,11 +175,12 @@ class _Merged:
 
 def _merge(contract: Contract, source: str, partition: str, decoded: list[Decoded], run_id: str) -> _Merged:
     """All files of the partition as one good table (duplicates resolved) and one quarantine table."""
-    records = sum(d.input.records for d in decoded)
+    inputs = [i for d in decoded for i in d.inputs]  # in file order: ``_file`` indexes this list
+    records = sum(i.records for i in inputs)
     good, superseded = resolve_duplicates(contract, pa.concat_tables([d.good for d in decoded]))
     quarantine = pa.concat_tables([d.quarantine for d in decoded])
     if superseded.num_rows:
-        paths = [d.input.path for d in decoded]
+        paths = [i.path for i in inputs]
         quarantine = pa.concat_tables([quarantine, _superseded_records(contract, source, partition, superseded,
                                                                         paths, run_id)])
     good = good.drop_columns(list(PROVENANCE)).cast(arrow_schema(contract))
@@ -123,12 +188,12 @@ def _merge(contract: Contract, source: str, partition: str, decoded: list[Decode
         raise RuntimeError(f"{source} {partition}: {good.num_rows} good + {quarantine.num_rows} quarantined "
                            f"!= {records} records in; refusing to commit")
     return _Merged(good, quarantine, records, superseded.num_rows, Q.counts_by_reason(quarantine),
-                   [d.input for d in decoded])
+                   inputs)
 
 
 def _problem(contract: Contract, decoded: list[Decoded], merged: _Merged) -> str | None:
     """Why the partition must not be committed, before expectations run; None if nothing."""
-    unreadable = [d.input for d in decoded if d.input.error]
+    unreadable = [i for d in decoded for i in d.inputs if i.error]
     if unreadable:
         return "unreadable input: " + "; ".join(f"{i.path}: {i.error}" for i in unreadable)
     # Superseded duplicates are resolved, not bad data: they do not count toward the threshold.
