@@ -1,6 +1,7 @@
 """The serving tier's online read stays light: importing ``millrace.features.online`` and reading a
 materialized store loads neither Feast, Beam, torch nor MLflow, and the import takes a fraction of
-``import feast`` (measured in a fresh interpreter, both in the same run)."""
+``import feast`` (measured in a fresh interpreter, both in the same run). The online write
+(``millrace.features.online_write``, for the streaming job) is as light."""
 from __future__ import annotations
 
 import json
@@ -35,6 +36,31 @@ def test_import_and_read_load_no_heavy_package(tmp_path, monkeypatch):
     """)
     assert got["heavy"] == [], got
     assert got["rows"] == 2 and got["count"] > 0, got
+
+
+def test_online_write_loads_no_heavy_package(tmp_path, monkeypatch):
+    project, _, _ = typed_state(tmp_path, monkeypatch)
+    got = _run(f"""
+        import datetime as dt, json, sys
+        import pyarrow as pa
+        from millrace.contracts.project import load_project
+        from millrace.features.online import OnlineReader
+        from millrace.features.online_write import OnlineWriter
+        from millrace.features.spec import load_features
+        project = load_project({str(project.root)!r})
+        features = load_features(project)
+        at = dt.datetime(2022, 1, 1, tzinfo=dt.timezone.utc)
+        batch = pa.table({{"user": [1, 99], "event_timestamp": pa.array([at, at], pa.timestamp("us", tz="UTC")),
+                           "events_all": [7, 8], "accounts": [1, 2], "label_last": ["x", None],
+                           "amount_sum": [1.5, None]}})
+        written = OnlineWriter(project, features).write("user_typed", batch)
+        rows = OnlineReader(project, features).read("user_typed", [99]).to_pylist()
+        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({FORBIDDEN!r}))
+        print(json.dumps({{"heavy": heavy, "written": written, "rows": rows}}))
+    """)
+    assert got["heavy"] == [], got
+    assert got["written"] == 2
+    assert got["rows"] == [{"user": 99, "events_all": 8, "accounts": 2, "label_last": None, "amount_sum": None}]
 
 
 def test_import_time_is_a_fraction_of_feasts():
