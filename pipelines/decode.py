@@ -1,8 +1,9 @@
 """Decode landing files under a contract: text -> typed Arrow columns, good rows and quarantine.
 
-``decode_file`` is a pure function of the file bytes, so the batch pipeline, a
-streaming pipeline and the tests call the same code; ``DecodeUnderContract`` is its
-Beam wrapper, one landing file per element, Arrow tables out.
+``decode_file`` (one file) and ``decode_files`` (a partition's files together) are pure functions
+of the file bytes, so the batch pipeline, a streaming pipeline and the tests call the same code;
+``DecodeUnderContract`` is their Beam wrapper, one partition's landing files per element, Arrow
+tables out.
 """
 from __future__ import annotations
 

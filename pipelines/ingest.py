@@ -5,7 +5,9 @@ The pipeline is three named transforms on Arrow tables::
     Create((partition, landing files)) | Reshuffle | DecodeUnderContract | WritePartitions | SaveReports
 
 Only file names cross the shuffle; a partition's Arrow tables are built and written by one
-worker, in fused steps, so they are never serialized between stages.
+worker, in fused steps, so they are never serialized between stages. A partition's files are
+decoded together, and a worker validates the partitions it holds together (``write_partitions``),
+so a run of many small files and partitions pays the fixed costs once, not per file or partition.
 
 Every Beam pipeline option passes through (``--runner``, ``--direct_running_mode``...).
 """

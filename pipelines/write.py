@@ -1,5 +1,9 @@
 """WritePartitions: resolve duplicates, apply the quarantine threshold and the expectation
-suite, then commit each partition atomically (data, quarantine, results, manifest last)."""
+suite, then commit each partition atomically (data, quarantine, results, manifest last).
+
+A worker buffers the partitions it receives (up to ``BUNDLE_RECORDS`` records or
+``BUNDLE_PARTITIONS`` partitions) and writes them together: the suite validates them in one pass
+(``SuiteRunner.validate_many``), and each partition still gets its own verdict and commit."""
 from __future__ import annotations
 
 import time
