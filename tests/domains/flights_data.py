@@ -28,7 +28,7 @@ class Landed:
     days: int
     rows: int           # data rows written, bad ones included
     bad: int            # rows the contract must quarantine
-    cancelled: int
+    cancelled: int      # good rows of cancelled flights: no arrival delay, no air time
     late: int           # good rows with arr_delay > 15
 
 
@@ -59,21 +59,21 @@ def land(landing: Path, days: int = 75, per_day: int = 36, seed: int = 11) -> La
             is_cancelled = rng.random() < 0.04
             air = str(int(distance / 8.0 + rng.integers(-10, 10)))
             arr = f"{delay:g}"
+            broken = (i == 0 and d % 10 == 3) or (i == 1 and d % 10 == 7)
             if is_cancelled:
-                cancelled += 1
-                air, arr = MISSING[cancelled % 3], MISSING[(cancelled + 1) % 3]
-            elif is_late:
-                late += 1
+                air, arr = MISSING[(rows + i) % 3], MISSING[(rows + i + 1) % 3]
+            cancelled += is_cancelled and not broken
+            late += is_late and not is_cancelled and not broken
             flight = f"{carrier}{100 + i}-{day:%m%d}"
             text = (f"'{carrier}'" if i % 5 == 0 else carrier)  # quoted or not: the same value
             line = (f"{flight};{text};{origin};{dest};{dep.isoformat()};{distance};{air};{arr};"
                     f"{'true' if is_cancelled else 'false'}")
             if i == 0 and d % 10 == 3:       # a lower-case airport code: off the contract's pattern
                 line = line.replace(f";{origin};", f";{origin.lower()};", 1)
-                bad, late = bad + 1, late - (is_late and not is_cancelled)
+                bad += 1
             elif i == 1 and d % 10 == 7:     # an unknown carrier: not in the enum
                 line = line.replace(f";{text};", ";ZZ;", 1)
-                bad, late = bad + 1, late - (is_late and not is_cancelled)
+                bad += 1
             lines.append(line)
         folder = landing / "flights" / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)
