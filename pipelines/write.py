@@ -115,6 +115,8 @@ def write_partitions(contract: Contract, source: str, items: list[tuple[str, lis
     expectations judge each partition (the suite validates them together, ``validate_many``), and
     each commit is atomic. Returns one report per partition, in the order given."""
     started = time.time()
+    if len({p for p, _ in items}) != len(items):
+        raise ValueError(f"{source}: a partition given twice to one write (each must come with all its files)")
     merged = {p: _merge(contract, source, p, decoded, run_id) for p, decoded in items}
     problems = {p: _problem(contract, decoded, merged[p]) for p, decoded in items}
     verdicts, docs = {}, {}
