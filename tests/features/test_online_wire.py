@@ -1,4 +1,5 @@
-"""The online read without Feast against Feast itself: Feast writes (its own materialize path), then
+"""The online read without Feast against Feast itself: Feast's own writer fills the store (its
+``online_write_batch``; materialize's own writer is compared with it in test_online_write.py), then
 ``OnlineReader`` (ours, no ``import feast``) and Feast's ``get_online_features`` read the same keys;
 the values must be equal for every type the contracts produce, with nulls, empty lists, expired
 (ttl 1d on 2021 data) and ttl-less views, string and int entity keys. The encodings themselves
@@ -86,10 +87,25 @@ def test_a_value_of_an_unknown_type_is_an_error_not_a_null():
 
 # -- written by Feast, read by us and by Feast --------------------------------------------------------
 
+def _rewrite_with_feast(project, features, store, delete) -> None:
+    from tests.features.test_online_write import VIEWS, feast_write
+
+    delete()
+    for view in VIEWS:
+        feast_write(project, features, store, view)
+
+
 def test_sqlite_written_by_feast_read_by_us_equals_feast(tmp_path, monkeypatch):
     import sqlite3
 
     project, features, store = typed_state(tmp_path, monkeypatch)
+
+    def delete():
+        with sqlite3.connect(stores.sqlite_path(project)) as con:
+            for view in ("account_typed", "user_typed"):
+                con.execute(f'DELETE FROM "{project.name}_{view}"')
+
+    _rewrite_with_feast(project, features, store, delete)
     assert_same_reads(project, features, store)
     con = sqlite3.connect(stores.sqlite_path(project))
     stored = {r[0] for r in con.execute(f'SELECT entity_key FROM "{project.name}_account_typed"')}
@@ -114,8 +130,10 @@ def test_feature_subset_order_and_duplicate_keys(tmp_path, monkeypatch):
 @pytest.mark.redis
 def test_redis_written_by_feast_read_by_us_equals_feast(typed_redis):
     project, features, store, client = typed_redis
-    assert_same_reads(project, features, store)
     suffix = project.name.encode()
+    _rewrite_with_feast(project, features, store, lambda: client.delete(*(
+        set(client.scan_iter(match=b"*" + suffix, count=1000)) - {b"millrace.marker:" + suffix})))
+    assert_same_reads(project, features, store)
     keys = set(client.scan_iter(match=b"*" + suffix, count=1000)) - {b"millrace.marker:" + suffix}
     assert keys == {wire.entity_key("account", a, wire.STRING) + suffix for a in ACCOUNTS} | {
         wire.entity_key("user", u, wire.INT64) + suffix for u in USERS}
