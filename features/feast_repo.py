@@ -73,17 +73,27 @@ for _v in _SPEC["views"]:
 
 
 def store_config(project: Project) -> dict:
-    """feature_store.yaml: SQLite files by default, Redis and a SQL registry when configured."""
+    """feature_store.yaml: SQLite files by default, Redis and a SQL registry when configured. Local
+    paths are relative to the repository (Feast resolves them against it), so the folder, or the
+    whole state folder, can be moved or shared."""
     folder = repo_dir(project)
-    registry: dict = {"registry_type": "file", "path": os.path.join(folder, "registry.db"), "cache_ttl_seconds": 60}
+    registry: dict = {"registry_type": "file", "path": _portable(folder, os.path.join(folder, "registry.db")),
+                      "cache_ttl_seconds": 60}
     if project.registry != "file":
         registry = {"registry_type": "sql", "path": project.registry, "cache_ttl_seconds": 60,
                     "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}
-    online: dict = {"type": "sqlite", "path": sqlite_path(project)}
+    online: dict = {"type": "sqlite", "path": _portable(folder, sqlite_path(project))}
     if project.online_store != "sqlite":
         online = {"type": "redis", "connection_string": redis_connection_string(project.online_store)}
     return {"project": project.name, "provider": "local", "registry": registry, "online_store": online,
             "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
+
+
+def _portable(folder: str, path: str) -> str:
+    """A local path relative to the Feast repository; a URI (s3://, gs://...) as it is."""
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return os.path.relpath(path.removeprefix("file://"), os.path.abspath(folder))
 
 
 def feast_type(dtype: pa.DataType) -> str:
@@ -100,7 +110,7 @@ def repo_spec(project: Project, features: Features) -> dict:
     views = [{"name": name, "entities": [n for n, _ in feast_entities(v.entity, features.join_keys(name))],
               "online": v.online, "description": v.description,
               "ttl_seconds": int((duration(v.ttl) or dt.timedelta(0)).total_seconds()),
-              "path": data_path(project.offline, name),
+              "path": _portable(repo_dir(project), data_path(project.offline, name)),
               "fields": [{"name": c, "dtype": feast_type(t)} for c, t in features.types[name].items()]}
              for name, v in features.views.items()]
     return {"format_version": 2, "entities": entities, "views": views}
