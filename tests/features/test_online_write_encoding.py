@@ -19,11 +19,10 @@ UTC = dt.timezone.utc
 
 def _feast_values(array: pa.Array) -> list[bytes]:
     """Feast's path: the column through _columns_to_proto_values (as _convert_arrow_to_proto)."""
-    from feast.types import from_value_type  # noqa: F401  (loads the type map)
+    import feast.types as ft
     from feast.utils import _columns_to_proto_values
 
     from millrace.features.feast_repo import feast_type
-    import feast.types as ft
 
     name = feast_type(array.type)
     dtype = ft.Array(getattr(ft, name[6:-1])) if name.startswith("Array(") else getattr(ft, name)
@@ -93,7 +92,7 @@ def test_sqlite_times_equal_feasts_adapter():
     from feast.infra.online_stores.sqlite import adapt_datetime_epoch
     from feast.utils import to_naive_utc
 
-    times = [t for t in _times(random.Random(5), 500, 0.0)]
+    times = _times(random.Random(5), 500, 0.0)
     micros = pa.array(times, TIMESTAMP).cast(pa.int64()).to_numpy()
     assert online_write.sqlite_times(micros) == [adapt_datetime_epoch(to_naive_utc(t)) for t in times]
 
