@@ -53,6 +53,8 @@ SQLITE_CACHE_KB = 256 * 1024
 def _rows(matrix: np.ndarray, lengths: np.ndarray) -> pa.BinaryArray:
     """Row i of the result is the first ``lengths[i]`` bytes of ``matrix[i]``."""
     lengths = lengths.astype(np.int64)
+    if lengths.sum() >= 2 ** 31:
+        raise FeatureError("an online write batch of 2 GB or more (fix: write it in smaller batches)")
     keep = np.arange(matrix.shape[1]) < lengths[:, None]
     offsets = np.zeros(len(lengths) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -122,8 +124,11 @@ def _varint_bytes(value: int) -> bytes:
 
 # -- Value messages ------------------------------------------------------------------------------------
 
-_SCALAR_FIELD = {"int64": 4, "int32": 3, "double": 5, "float": 6, "string": 2, "bool": 7, "timestamp": 8}
-_LIST_FIELD = {"int64": 14, "int32": 13, "double": 15, "float": 16, "string": 12, "bool": 17, "timestamp": 18}
+# Field numbers from features/wire.py (checked against Feast's descriptor in test_online_wire.py).
+_PROTO = {"int64": "int64", "int32": "int32", "double": "double", "float": "float", "string": "string",
+          "bool": "bool", "timestamp": "unix_timestamp"}
+_SCALAR_FIELD = {kind: wire.FIELD_NUMBERS[f"{name}_val"] for kind, name in _PROTO.items()}
+_LIST_FIELD = {kind: wire.FIELD_NUMBERS[f"{name}_list_val"] for kind, name in _PROTO.items()}
 
 
 def _kind(dtype: pa.DataType) -> str:
