@@ -13,7 +13,7 @@ Targets: millrace >= 10x naive Beam and >= 0.5x plain pyarrow.
 (unless --rows) in 3,840 daily files spread over 246 monthly partitions (1995-01 to 2015-06, every
 month with at least one file), the same bad-row kinds. Every engine does the same work as in the
 default shape (each small file read, typed, checked; one Parquet per partition plus the rejected
-rows). Target there: millrace >= 0.3x plain pyarrow.
+rows). Target there: millrace >= 0.3x plain pyarrow (naive Beam: information only).
 
 The plain pyarrow reference checks each file on its own, as a script over daily files would;
 ``pyarrow_batched`` (information, no target) reads each file but checks a month's rows together,
@@ -316,8 +316,10 @@ def timed(name: str, rows: int, fn) -> dict:
 
 
 def ratios(shape: str) -> tuple:
-    """(engine, baseline, target) pairs; many small partitions have a lower bar than few big ones."""
-    return (("millrace", "naive_beam", 10), ("millrace", "pyarrow", 0.3 if shape == "example" else 0.5),
+    """(engine, baseline, target) pairs. The example's shape has its own bar against pyarrow, and
+    none against naive Beam: with ~26 rows a file, a dict per row costs little there."""
+    example = shape == "example"
+    return (("millrace", "naive_beam", None if example else 10), ("millrace", "pyarrow", 0.3 if example else 0.5),
             ("millrace_no_ge", "naive_beam", None), ("millrace_no_ge", "pyarrow", None),
             ("millrace", "pyarrow_batched", None))
 

@@ -21,9 +21,10 @@ def _contract(tmp_path_factory, rows_over: int, rating_nulls_percent: float):
     spec = yaml.safe_load((EXAMPLE / "contracts" / "ratings.yaml").read_text())
     schema = spec["schema"][0]
     schema["quality"][0]["mustBeGreaterThan"] = rows_over
-    rating = next(p for p in schema["properties"] if p["name"] == "rating")
-    rating["quality"] = [{"name": "few_null_ratings", "metric": "nullValues", "mustBeLessThan": rating_nulls_percent,
-                          "unit": "percent", "severity": "warning"}]
+    if rating_nulls_percent is not None:
+        rating = next(p for p in schema["properties"] if p["name"] == "rating")
+        rating["quality"] = [{"name": "few_null_ratings", "metric": "nullValues", "mustBeLessThan": rating_nulls_percent,
+                              "unit": "percent", "severity": "warning"}]
     path = tmp_path_factory.mktemp("contract") / "ratings.yaml"
     path.write_text(yaml.safe_dump(spec))
     return load_contract(path)
@@ -92,3 +93,17 @@ def test_a_single_partition_is_validated_alone(runner):
     together = runner.validate_many({"2009-12": table})
     assert together.whole is None
     assert _verdict(together.partitions["2009-12"]) == _verdict(runner.validate(table))
+
+
+def test_row_counts_alone_are_validated_per_partition_with_their_own_counts(tmp_path_factory):
+    """Only the row count is left to each partition (as for the example's contract)."""
+    runner = SuiteRunner(_contract(tmp_path_factory, rows_over=1, rating_nulls_percent=None))
+    tables = {"2009-11": _table([]), "2009-12": _table([(1, 1, 4.0, 1_260_000_000)]),
+              "2010-01": _table([(1, 1, 4.0, 1_262_000_000), (2, 2, 4.0, 1_262_000_000)])}
+    together = runner.validate_many(tables)
+    for partition, table in tables.items():
+        assert _verdict(together.partitions[partition]) == _verdict(runner.validate(table))
+    assert [together.partitions[p].success for p in tables] == [False, False, True]
+    counts = [next(r["result"]["observed_value"] for r in together.partitions[p].report.great_expectations["results"]
+                   if r["expectation_config"]["type"] == "expect_table_row_count_to_be_between") for p in tables]
+    assert counts == [0, 1, 2]
