@@ -29,14 +29,14 @@ UTC = dt.timezone.utc
 
 
 def wall_clock() -> dt.datetime:
-    """The clock to pass for expiry against the current time (serving)."""
+    """The current time: the default "now" of the ttl."""
     return dt.datetime.now(UTC)
 
 
 class OnlineReader:
-    def __init__(self, project: Project, features: Features, *, clock=None):
-        """``clock()`` is "now" for the ttl (an aware datetime, e.g. ``wall_clock``); None: no expiry,
-        as Feast's ``get_online_features`` (the bundled example's data is years old: see docs/features.md)."""
+    def __init__(self, project: Project, features: Features, *, clock=wall_clock):
+        """``clock()`` is "now" for the ttl (an aware datetime; default the current time); None: no
+        expiry, as Feast's ``get_online_features``, which applies no ttl."""
         self.project, self.features, self.clock = project, features, clock
         self.kind = stores.online_kind(project)
         self._lock = threading.Lock()
@@ -53,7 +53,7 @@ class OnlineReader:
 
         A key whose stored event time is older than ``clock() - ttl`` of the view reads as all
         nulls, as the point-in-time join treats it; a ttl of 0 (the default) never expires; without a
-        clock nothing expires."""
+        clock (``clock=None``) nothing expires."""
         self.features.view(view)  # UnknownFeature with the valid names
         names = list(feature_names or self.features.feature_names(view))
         types = self.features.types[view]

@@ -55,7 +55,7 @@ def _check_expiry(project, features, store, times: dict) -> None:
     assert reader.read("user_typed", USERS).to_pylist() == feast_rows(store, features, "user_typed", USERS)
     assert reader.read("account_typed", ACCOUNTS[:1]).to_pylist()[0]["events_all"] is None  # single-key path
     # no clock: nothing expires, as Feast's own read
-    assert OnlineReader(project, features).read("account_typed", ACCOUNTS).to_pylist() == expected_all
+    assert OnlineReader(project, features, clock=None).read("account_typed", ACCOUNTS).to_pylist() == expected_all
 
 def test_sqlite_reads_honour_the_ttl(tmp_path, monkeypatch):
     project, features, store = typed_state(tmp_path, monkeypatch)

@@ -1,6 +1,7 @@
 """The typed test project (tests/features/typed/): every feature type the contracts produce,
 string and int entity keys, nulls, a 1-day and a 0 ttl. ``typed_state`` computes its offline
-tables in memory (no lake, no Beam), applies Feast and materializes with Feast's writer."""
+tables in memory (no lake, no Beam), applies Feast and materializes with millrace's writer (byte-equal
+to Feast's: tests/features/test_online_write.py)."""
 from __future__ import annotations
 
 import datetime as dt

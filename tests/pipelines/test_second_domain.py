@@ -138,17 +138,20 @@ def test_online_reads_by_composite_key_equal_feast_and_honour_the_ttl(flights, l
     project, features = loaded
     keys = {"origin": ["JFK", "ORD", "JFK"], "dest": ["LAX", "ATL", "ATL"]}
     names = features.feature_names("route_delays")
-    ours = OnlineReader(project, features).read("route_delays", keys).to_pylist()
+    last_day = dt.datetime(2026, 6, 1, tzinfo=UTC) + dt.timedelta(days=flights.landed.days)
+    ours = OnlineReader(project, features, clock=None).read("route_delays", keys).to_pylist()  # Feast: no ttl
     feast = feature_store(project).get_online_features(
         [f"route_delays:{n}" for n in names], [{"origin": o, "dest": d} for o, d in zip(*keys.values())]).to_dict()
     for i, row in enumerate(ours):
         assert {n: row[n] for n in names} == {n: feast[n][i] for n in names}
     assert ours[0]["flights_7d"] is not None and ours[2]["flights_7d"] is None
-    last_day = dt.datetime(2026, 6, 1, tzinfo=UTC) + dt.timedelta(days=flights.landed.days)
     fresh = OnlineReader(project, features, clock=lambda: last_day + dt.timedelta(days=2)).read("route_delays", keys)
     stale = OnlineReader(project, features, clock=lambda: last_day + dt.timedelta(days=40)).read("route_delays", keys)
     assert fresh.column("flights_7d").to_pylist()[0] is not None
     assert stale.column("flights_7d").to_pylist() == [None, None, None]  # ttl 30d
+    today = OnlineReader(project, features).read("route_delays", keys)  # the default: the current time
+    assert today.column("flights_7d").to_pylist() == (fresh if dt.datetime.now(UTC) < last_day + dt.timedelta(days=30)
+                                                      else stale).column("flights_7d").to_pylist()
 
 
 def test_features_get_takes_a_composite_key(flights):
