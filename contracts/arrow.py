@@ -122,7 +122,7 @@ def _fast_numeric(field: Field, text: pa.Array):
     number, NaN, infinite, hexadecimal (Arrow's integer cast reads ``0x10``) or out of range makes
     the cast fail or is caught here, and the caller takes the exact path instead."""
     target = {"integer": pa.int64(), "number": pa.float64()}.get(field.logical_type)
-    if field.logical_type == "timestamp" and field.physical_type in ("epoch_seconds", "epoch_millis"):
+    if field.encoding in ("epoch_seconds", "epoch_millis"):
         target = pa.int64()
     if target is None or text.null_count:
         return None
@@ -136,7 +136,7 @@ def _fast_numeric(field: Field, text: pa.Array):
     if target == pa.float64() and not pc.all(pc.is_finite(values)).as_py() and len(values):
         return None
     if field.logical_type == "timestamp":
-        scale = 1_000_000 if field.physical_type == "epoch_seconds" else 1_000
+        scale = 1_000_000 if field.encoding == "epoch_seconds" else 1_000
         low, high = pc.min_max(values).values()
         if len(values) and (low.as_py() < _FIRST_SECOND * 1_000_000 // scale
                             or high.as_py() > (_LAST_SECOND + 1) * 1_000_000 // scale - 1):
@@ -242,7 +242,7 @@ def _dates(text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 
 def _coerce_timestamp(field: Field, text: pa.Array, present: pa.Array) -> tuple[pa.Array, pa.Array]:
-    encoding = field.physical_type or "iso8601"
+    encoding = field.encoding
     if encoding in ("epoch_seconds", "epoch_millis"):
         numbers, ok = _integers(text, present)
         scale = 1_000_000 if encoding == "epoch_seconds" else 1_000

@@ -112,8 +112,10 @@ def _part(c: Contract) -> str:
 
 def _field_changes(a: Field, b: Field, add) -> None:
     where = f"field {a.name}"
-    if (a.logical_type, a.physical_type) != (b.logical_type, b.physical_type):
-        add(where, f"type {a.logical_type}/{a.physical_type} -> {b.logical_type}/{b.physical_type}", True)
+    # The compiled types, not their spelling: a landing encoding moved from physicalType to
+    # landingEncoding, or physicalType int64 written bigint, is no change.
+    if (a.logical_type, a.encoding) != (b.logical_type, b.encoding):
+        add(where, f"type {_type(a)} -> {_type(b)}", True)
     if a.required != b.required:
         add(where, "optional -> required" if b.required else "required -> optional", b.required)
     _bound(where, "minimum", a.minimum, b.minimum, lower=True, add=add)
@@ -141,6 +143,10 @@ def _field_changes(a: Field, b: Field, add) -> None:
             add(where, f"pattern {a.pattern!r} -> {b.pattern!r} (cannot prove it accepts every old value)", True)
     if a.description != b.description:
         add(where, "description changed", False)
+
+
+def _type(f: Field) -> str:
+    return f"{f.logical_type} ({f.encoding})" if f.encoding else f.logical_type
 
 
 def _bound(where: str, name: str, old, new, lower: bool, add) -> None:

@@ -22,8 +22,11 @@ from millrace.contracts.names import check_name
 from millrace.contracts.model import (
     GRANULARITIES,
     SUPPORTED_LOGICAL_TYPES,
+    LEGACY_STORED_TYPES,
+    STORED_TYPES,
     TIMESTAMP_ENCODINGS,
     Contract,
+    ContractWarning,
     Field,
     LandingFormat,
     Partitioning,
@@ -183,7 +186,8 @@ def _compile(path: Path, model, data: dict) -> Contract:
     where = "schema[0]"
     if not obj.properties:
         raise ContractError(path, f"{where}.properties", "is empty", "declare the fields of the source")
-    fields = tuple(_compile_field(path, f"{where}.properties[{i}]", p) for i, p in enumerate(obj.properties))
+    warnings: list[ContractWarning] = []
+    fields = tuple(_compile_field(path, f"{where}.properties[{i}]", p, warnings) for i, p in enumerate(obj.properties))
     names = [f.name for f in fields]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -234,7 +238,7 @@ def _compile(path: Path, model, data: dict) -> Contract:
         fields=fields,
         partitioning=Partitioning(key=partition_key, granularity=granularity, field=event_time),
         event_time=event_time, quarantine_threshold=float(threshold), future_tolerance_seconds=tolerance,
-        table_checks=tuple(checks), landing=_landing_format(path, at, custom), raw=data,
+        table_checks=tuple(checks), landing=_landing_format(path, at, custom), raw=data, warnings=tuple(warnings),
     )
 
 
@@ -263,7 +267,7 @@ def _landing_format(path: Path, at: str, custom: dict) -> LandingFormat:
                          null_tokens=tuple(dict.fromkeys([""] + [t.strip() for t in tokens])))
 
 
-def _compile_field(path: Path, where: str, prop) -> Field:
+def _compile_field(path: Path, where: str, prop, warnings: list[ContractWarning]) -> Field:
     if not prop.name:
         raise ContractError(path, f"{where}.name", "is missing", "name every property")
     # Field names become Arrow columns, feature names and Feast fields: the one name rule.
@@ -273,9 +277,7 @@ def _compile_field(path: Path, where: str, prop) -> Field:
     if logical not in SUPPORTED_LOGICAL_TYPES:
         raise ContractError(path, f"{where}.logicalType", f"{describe(logical)} is not supported for ingestion",
                             f"use one of {list(SUPPORTED_LOGICAL_TYPES)}")
-    if logical == "timestamp" and (prop.physicalType or "iso8601") not in TIMESTAMP_ENCODINGS:
-        raise ContractError(path, f"{where}.physicalType", f"'{prop.physicalType}' is not a known timestamp encoding",
-                            f"use one of {list(TIMESTAMP_ENCODINGS)}")
+    encoding = _landing_encoding(path, where, prop, warnings)
     opts = prop.logicalTypeOptions or {}
     at = f"{where}.logicalTypeOptions"
     _unsupported_options(path, at, opts)
@@ -324,13 +326,50 @@ def _compile_field(path: Path, where: str, prop) -> Field:
         position = 1 if prop.primaryKeyPosition in (None, -1) else \
             values.count(prop.primaryKeyPosition, path, f"{where}.primaryKeyPosition", 1000, minimum=1)
     return Field(
-        name=prop.name, logical_type=logical, physical_type=prop.physicalType,
+        name=prop.name, logical_type=logical, landing_encoding=encoding,
         required=bool(prop.required or prop.primaryKey), primary_key_position=position,
         minimum=lo, maximum=hi, exclusive_minimum=bounds["exclusiveMinimum"],
         exclusive_maximum=bounds["exclusiveMaximum"], enum=enum, pattern=pattern,
         min_length=lengths["minLength"], max_length=lengths["maxLength"],
         description=prop.description or "",
     )
+
+
+def _landing_encoding(path: Path, where: str, prop, warnings: list[ContractWarning]) -> str | None:
+    """A timestamp's landing encoding (None for other fields), with ``physicalType`` checked to be the
+    type the lake stores. The encoding belongs in the property's customProperty ``landingEncoding``;
+    the older spelling, the encoding in ``physicalType``, is still read, with a warning."""
+    logical, stated = prop.logicalType, prop.physicalType
+    at = f"{where}.customProperties.landingEncoding"
+    encoding = _custom(prop.customProperties).get("landingEncoding")
+    if encoding is not None and logical != "timestamp":
+        raise ContractError(path, at, f"a landing encoding does not apply to {logical} fields",
+                            "remove it (only timestamps have one)")
+    if encoding is not None and encoding not in TIMESTAMP_ENCODINGS:
+        raise ContractError(path, at, f"{describe(encoding)} is not a known timestamp encoding",
+                            f"use one of {list(TIMESTAMP_ENCODINGS)}")
+    stored = STORED_TYPES[logical]
+    if stated is None or stated.lower() in stored:
+        return (encoding or "iso8601") if logical == "timestamp" else None
+    type_at = f"{where}.physicalType"
+    if logical == "timestamp" and stated in TIMESTAMP_ENCODINGS:
+        if encoding is not None and encoding != stated:
+            raise ContractError(path, type_at, f"'{stated}' disagrees with landingEncoding '{encoding}'",
+                                f"write physicalType: {stored[0]} and keep the encoding in landingEncoding only")
+        fix = (f"write physicalType: {stored[0]}" if encoding else
+               f"write physicalType: {stored[0]} and customProperties: [{{property: landingEncoding, value: {stated}}}]")
+        warnings.append(ContractWarning(str(path), type_at, f"'{stated}' is a landing encoding, a deprecated spelling "
+                                        "(stock ODCS tools read physicalType as the stored type)", fix))
+        return stated
+    legacy = LEGACY_STORED_TYPES.get(logical, {}).get(stated.lower())
+    if legacy is not None:
+        warnings.append(ContractWarning(str(path), type_at, f"'{stated}' is a deprecated spelling that stock ODCS "
+                                        "tools do not read", f"write physicalType: {legacy}"))
+        return None
+    more = f" and the landing encoding in customProperties landingEncoding (one of {list(TIMESTAMP_ENCODINGS)})" \
+        if logical == "timestamp" else ""
+    raise ContractError(path, type_at, f"{describe(stated)} is not the type millrace stores for a {logical} field",
+                        f"write physicalType: {stored[0]} (or one of {list(stored)}), or remove it{more}")
 
 
 def _unsupported_options(path: Path, at: str, opts: dict) -> None:

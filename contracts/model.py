@@ -6,8 +6,22 @@ from typing import Any
 
 # ODCS logical types this platform can ingest, and how their values are held in Arrow.
 SUPPORTED_LOGICAL_TYPES = ("string", "integer", "number", "boolean", "timestamp", "date")
-# physicalType of a timestamp in the landing files.
+# How a timestamp is written in the landing files: the property's customProperty ``landingEncoding``
+# (older contracts put it in ``physicalType``, which stock ODCS tools read as the stored type).
 TIMESTAMP_ENCODINGS = ("epoch_seconds", "epoch_millis", "iso8601")
+# ``physicalType``: the type the lake stores for each logical type, in the spellings stock ODCS tools
+# map to it (datacontract-cli's DuckDB names); the first is the one millrace suggests.
+STORED_TYPES = {
+    "string": ("string", "varchar", "text"),
+    "integer": ("int64", "bigint", "long"),
+    "number": ("double",),
+    "boolean": ("boolean",),
+    "timestamp": ("timestamp", "timestamp_tz"),
+    "date": ("date",),
+}
+# Older physicalType spellings still read, each with a ``contracts lint`` warning: Arrow's name of the
+# stored float, which stock tools do not know (the landing encodings of a timestamp are the others).
+LEGACY_STORED_TYPES = {"number": {"float64": "double"}}
 GRANULARITIES = ("day", "month", "year")
 
 
@@ -15,7 +29,9 @@ GRANULARITIES = ("day", "month", "year")
 class Field:
     name: str
     logical_type: str
-    physical_type: str | None = None
+    # A timestamp's landing encoding (one of TIMESTAMP_ENCODINGS; None reads as iso8601). The stored
+    # type follows from the logical type (contracts/arrow.py), so it is not kept here.
+    landing_encoding: str | None = None
     required: bool = False
     primary_key_position: int | None = None
     minimum: Any = None
@@ -31,6 +47,32 @@ class Field:
     @property
     def is_key(self) -> bool:
         return self.primary_key_position is not None
+
+    @property
+    def encoding(self) -> str | None:
+        """The landing encoding the decoder applies: a timestamp's, iso8601 by default; None otherwise."""
+        if self.logical_type != "timestamp":
+            return None
+        return self.landing_encoding or "iso8601"
+
+    @property
+    def physical_type(self) -> str | None:
+        """Deprecated name of ``landing_encoding`` (from when the contract's physicalType held it)."""
+        return self.landing_encoding
+
+
+@dataclass(frozen=True)
+class ContractWarning:
+    """Something a contract should change but millrace still reads (a deprecated spelling): one line
+    naming the file, the field and the fix, as a ContractError does."""
+
+    file: str
+    field: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.problem} (fix: {self.fix})"
 
 
 @dataclass(frozen=True)
@@ -83,6 +125,8 @@ class Contract:
     table_checks: tuple[TableCheck, ...] = ()
     landing: LandingFormat = LandingFormat()
     raw: dict = dc_field(default_factory=dict, compare=False, repr=False)
+    # Deprecated spellings read anyway (``contracts lint`` prints them); not part of what the contract says.
+    warnings: tuple[ContractWarning, ...] = dc_field(default=(), compare=False, repr=False)
 
     @property
     def major_version(self) -> int:
