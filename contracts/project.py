@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,6 +30,7 @@ ENV_VARS = (
     "MILLRACE_OFFLINE_URI",        # the offline store
     "MILLRACE_ONLINE_STORE",       # feature_store.online_store
     "MILLRACE_REGISTRY",           # feature_store.registry
+    "MILLRACE_TTL_CLOCK",          # feature_store.ttl_clock
     "MILLRACE_MLFLOW_URI",         # mlflow.tracking_uri
     "MILLRACE_MLFLOW_ARTIFACTS",   # mlflow.artifact_root
     "MILLRACE_USER",               # who promoted or rolled back a model (default: the login name)
@@ -63,6 +65,10 @@ class FeatureStoreConfig(_Frozen):
     registry: str = Field("file", description="'file' (a registry file under the state dir) or a SQLAlchemy "
                                               "URL for Feast's SQL registry, e.g. postgresql+psycopg://postgres@"
                                               "127.0.0.1:5432/test. Env: MILLRACE_REGISTRY.")
+    ttl_clock: Literal["wall", "data"] = Field(
+        "wall", description="What online reads measure a view's ttl against: 'wall', the current time; "
+                            "'data', the newest event time materialized for the view (a replay of "
+                            "historical data, such as the bundled example). Env: MILLRACE_TTL_CLOCK.")
 
 
 class MlflowConfig(_Frozen):
@@ -124,6 +130,15 @@ class Project:
     @property
     def registry(self) -> str:
         return os.environ.get("MILLRACE_REGISTRY") or self.config.feature_store.registry
+
+    @property
+    def ttl_clock(self) -> str:
+        """'wall' or 'data' (FeatureStoreConfig.ttl_clock); a wrong MILLRACE_TTL_CLOCK is bad input."""
+        value = os.environ.get("MILLRACE_TTL_CLOCK") or self.config.feature_store.ttl_clock
+        if value not in ("wall", "data"):
+            raise ContractError(self.root / "millrace.yaml", "MILLRACE_TTL_CLOCK", f"'{value}' is neither 'wall' "
+                                "nor 'data'", "set it to wall (the current time) or data (the newest event)")
+        return value
 
     def contract(self, source: str) -> Contract:
         """The compiled contract of ``source``, parsed once per Project (every stage asks for it)."""

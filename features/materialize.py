@@ -17,7 +17,6 @@ old record, so it rewrites whatever it had not recorded (tests/features/test_kil
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import os
 import time
@@ -39,7 +38,6 @@ from millrace.features.feast_repo import feature_store, registry_errors
 from millrace.features.online_write import OnlineWriter
 from millrace.features.records import MaterializeReport, StoreRecord
 from millrace.features.spec import Features
-from millrace.features.stores import repo_dir
 
 BATCH_VALUES = 500_000  # feature values per write (one SQLite transaction, one Redis pipeline pair)
 
@@ -71,8 +69,7 @@ def latest_per_key(table: pa.Table, key: str | list[str], until: dt.datetime | N
 
 def _state_path(project: Project, view: str) -> str:
     """What was written, per online store: switching stores starts from nothing."""
-    store = hashlib.sha256(project.online_store.encode()).hexdigest()[:12]
-    return os.path.join(repo_dir(project), "materialized", store, f"{storage.safe_name(view)}.parquet")
+    return stores.record_path(project, view)
 
 
 _RECORD_KEY = b"millrace.store_record"  # Parquet metadata key of the record's StoreRecord

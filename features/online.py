@@ -25,6 +25,7 @@ from millrace.features.spec import Features, duration
 
 _KEY_TYPES = {pa.int64(): wire.INT64, pa.int32(): wire.INT32, pa.string(): wire.STRING}
 _CHUNK = 500  # keys per SQL statement / Redis pipeline
+FOUND, MISSING, EXPIRED = "found", "missing", "expired"  # per key, from read_with_status
 UTC = dt.timezone.utc
 
 
@@ -33,11 +34,19 @@ def wall_clock() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
+_PROJECT_CLOCK = object()  # the default: what millrace.yaml's feature_store.ttl_clock says
+
+
 class OnlineReader:
-    def __init__(self, project: Project, features: Features, *, clock=wall_clock):
-        """``clock()`` is "now" for the ttl (an aware datetime; default the current time); None: no
-        expiry, as Feast's ``get_online_features``, which applies no ttl."""
-        self.project, self.features, self.clock = project, features, clock
+    def __init__(self, project: Project, features: Features, *, clock=_PROJECT_CLOCK):
+        """``clock()`` is "now" for the ttl (an aware datetime). Default: the project's
+        ``feature_store.ttl_clock``: the current time ('wall'), or the newest event time
+        materialized for the view ('data', for a replay of historical data). None: no expiry, as
+        Feast's ``get_online_features``, which applies no ttl."""
+        self.project, self.features = project, features
+        self.clock = (wall_clock if project.ttl_clock == "wall" else None) if clock is _PROJECT_CLOCK else clock
+        self._data_clock = clock is _PROJECT_CLOCK and project.ttl_clock == "data"
+        self._newest: dict[str, tuple[float, dt.datetime | None]] = {}
         self.kind = stores.online_kind(project)
         self._lock = threading.Lock()
         self._sqlite = None
@@ -54,6 +63,11 @@ class OnlineReader:
         A key whose stored event time is older than ``clock() - ttl`` of the view reads as all
         nulls, as the point-in-time join treats it; a ttl of 0 (the default) never expires; without a
         clock (``clock=None``) nothing expires."""
+        return self.read_with_status(view, keys, feature_names)[0]
+
+    def read_with_status(self, view: str, keys, feature_names: list[str] | None = None) -> tuple[pa.Table, list[str]]:
+        """``read``, and per key whether the store had it: FOUND, MISSING (never materialized, or a
+        key with a null part) or EXPIRED (older than the view's ttl)."""
         self.features.view(view)  # UnknownFeature with the valid names
         names = list(feature_names or self.features.feature_names(view))
         types = self.features.types[view]
@@ -75,15 +89,35 @@ class OnlineReader:
                                        f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]} "
                                        f"(fix: start it or check feature_store.online_store)") from None
             raise
+        status = [MISSING if row is None else FOUND for row in raw]
         ttl = duration(self.features.view(view).ttl)
-        if ttl and self.clock is not None:  # None ('all') or 0: values never expire
-            oldest = self.clock() - ttl
-            raw = [row if row is None or row[1] is None or row[1] >= oldest else None for row in raw]
-        raw = [row[0] if row else None for row in raw]
+        now = self._newest_event(view) if self._data_clock else self.clock() if self.clock else None
+        if ttl and now is not None:  # None ('all') or 0: values never expire
+            oldest = now - ttl
+            status = [EXPIRED if s == FOUND and row[1] is not None and row[1] < oldest else s
+                      for s, row in zip(status, raw)]
+        raw = [row[0] if s == FOUND else None for s, row in zip(status, raw)]
         out = {key: pa.array(values, key_types[key]) for key, values in columns.items()}
         for i, name in enumerate(names):
             out[name] = _column(view, name, types[name], [row[i] if row else None for row in raw])
-        return pa.table(out)
+        return pa.table(out), status
+
+    def _newest_event(self, view: str) -> dt.datetime | None:
+        """The newest event time materialization wrote for ``view`` (the 'data' clock), re-read
+        when its record changes; None before the first materialization."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        path = stores.record_path(self.project, view)
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+        if self._newest.get(view, (None,))[0] != stamp:
+            times = pq.read_table(path, columns=["event_timestamp"]).column("event_timestamp")
+            newest = pc.max(times).as_py() if len(times) else None
+            self._newest[view] = (stamp, newest)
+        return self._newest[view][1]
 
     def _where(self) -> str:
         return stores.sqlite_path(self.project) if self.kind == stores.SQLITE else stores.store_id(self.project)

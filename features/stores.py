@@ -20,6 +20,17 @@ def repo_dir(project: Project) -> str:
     return os.path.join(project.state_dir, "feast")
 
 
+def record_path(project: Project, view: str) -> str:
+    """The keys and event times materialization last wrote for ``view``, per online store (switching
+    stores starts from nothing): written by ``materialize``, read by the ``data`` ttl clock."""
+    import hashlib
+
+    from millrace.contracts import storage
+
+    store = hashlib.sha256(project.online_store.encode()).hexdigest()[:12]
+    return os.path.join(repo_dir(project), "materialized", store, f"{storage.safe_name(view)}.parquet")
+
+
 def sqlite_path(project: Project) -> str:
     return os.path.join(repo_dir(project), "online.db")
 

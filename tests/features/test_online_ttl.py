@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 
+import pyarrow.parquet as pq
 import pytest
 
+from millrace.contracts.errors import ContractError
 from millrace.features import stores, wire
 from millrace.features.online import OnlineReader, wall_clock
 from tests.features.typed_state import ACCOUNTS, USERS, feast_rows, typed_state
@@ -66,3 +68,22 @@ def test_sqlite_reads_honour_the_ttl(tmp_path, monkeypatch):
 def test_redis_reads_honour_the_ttl(typed_redis):
     project, features, store, client = typed_redis
     _check_expiry(project, features, store, _redis_times(project, client))
+
+
+def test_the_data_clock_counts_back_from_the_newest_materialized_event(tmp_path, monkeypatch):
+    """feature_store.ttl_clock: data (replays of old data): the ttl is measured from the newest event
+    materialized for the view, not from today; the default (wall) expires everything here."""
+    project, features, store = typed_state(tmp_path, monkeypatch)
+    names = features.feature_names("account_typed")
+    wall = OnlineReader(project, features).read("account_typed", ACCOUNTS).to_pylist()
+    assert all(row[n] is None for row in wall for n in names)  # the 2021 data, ttl 1d, read today
+    monkeypatch.setenv("MILLRACE_TTL_CLOCK", "data")
+    replay = OnlineReader(project, features)
+    table, status = replay.read_with_status("account_typed", ACCOUNTS)
+    newest = max(pq.read_table(stores.record_path(project, "account_typed")).column("event_timestamp").to_pylist())
+    reference = OnlineReader(project, features, clock=lambda: newest).read("account_typed", ACCOUNTS)
+    assert table == reference and "found" in status  # the newest entity is valid at its own time
+    assert status.count("found") == sum(1 for row in table.to_pylist() if row["events_all"] is not None)
+    monkeypatch.setenv("MILLRACE_TTL_CLOCK", "sometimes")
+    with pytest.raises(ContractError, match="neither 'wall' nor 'data'"):
+        OnlineReader(project, features)
