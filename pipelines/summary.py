@@ -5,7 +5,8 @@ from millrace.contracts.project import Project
 from millrace.pipelines.errors import LandingInvalid, RunFailed
 
 
-def run_ingest_with_summary(console, project: Project, source: str, start, end, beam_args, expectations: bool):
+def run_ingest_with_summary(console, project: Project, source: str, start, end, beam_args, expectations: bool,
+                            as_json: bool = False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from millrace.pipelines.ingest import ingest
@@ -19,7 +20,12 @@ def run_ingest_with_summary(console, project: Project, source: str, start, end, 
     except LandingInvalid as exc:
         render_landing_problems(console, source, exc.problems)
         raise
-    render(console, result)
+    if as_json:
+        from millrace.pipelines.cli.common import print_json
+
+        print_json(result.summary())
+    else:
+        render(console, result)
     if result.rejected:
         names = ", ".join(f"{r.key}={r.partition}" for r in result.rejected)
         raise RunFailed(f"{source}: {len(result.rejected)} partition(s) not committed: {names} "

@@ -10,8 +10,14 @@ import typer
 
 from millrace.pipelines.cli import common, contracts, example, features, ingest, lake, models, nightly, train
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="millrace: contracts, ingestion, validation, features and models for AI backends.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"millrace {common.version()}")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -19,6 +25,8 @@ def main_options(
     project: str = typer.Option(None, "--project", "-p", help="Project folder (holds millrace.yaml). "
                                 "Default: $MILLRACE_PROJECT or the bundled MovieLens example."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print millrace's version and exit."),
 ):
     common.set_options(project, verbose)
 

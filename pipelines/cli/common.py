@@ -29,6 +29,8 @@ _current: list[Options] = []
 
 
 def set_options(project: Optional[str], verbose: bool) -> None:
+    # MLflow's artifact download bars would break into ours (and into --json output).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     chosen = project or os.environ.get("MILLRACE_PROJECT")
     if not chosen or Path(chosen).resolve() == bundled.SHIPPED:  # an install is never written to
         chosen = str(bundled.project_folder())
@@ -57,10 +59,48 @@ def project():
     return load_project(options().project)
 
 
-def console():
+def console(as_json: bool = False):
+    """The console of human output: stdout, or stderr when stdout carries --json. Not a terminal
+    (a pipe, a file, a CI log): lines are not wrapped, unless COLUMNS says how wide."""
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    stream = sys.stderr if as_json else sys.stdout
+    unwrapped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=as_json, highlight=False, soft_wrap=unwrapped, width=10_000 if unwrapped else None)
+
+
+JSON_HELP = "Print the result as JSON on stdout (the same data as the table; progress goes to stderr)."
+
+
+def json_option():
+    return typer.Option(False, "--json", help=JSON_HELP)
+
+
+def print_json(data) -> None:
+    """One JSON document on stdout: records as their JSON, dates and paths as text."""
+    import json
+
+    typer.echo(json.dumps(_plain(data), default=str, ensure_ascii=False))
+
+
+def _plain(data):
+    if hasattr(data, "model_dump"):  # a typed record
+        return data.model_dump(mode="json")
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    return data
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("millrace")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -86,7 +126,7 @@ def run_app(app: typer.Typer) -> NoReturn:
     from millrace.contracts.errors import EXIT_RETRYABLE, MillraceError, exit_code, is_unreachable
 
     try:
-        app()
+        app(prog_name="millrace")  # also under `python -m millrace.pipelines.cli`: help and completion name it
     except MillraceError as exc:
         _one_line(exc, exit_code(exc))
     except KeyboardInterrupt:

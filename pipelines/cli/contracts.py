@@ -9,20 +9,29 @@ app = typer.Typer(no_args_is_help=True, help="Check and compare data contracts."
 
 
 @app.command("lint")
-def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check.")):
+def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check."),
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON result per file on stdout.")):
     """Check ODCS contract files: schema, types, keys, rules, partitioning. Exit 2 when any is wrong
     (one line per wrong file on stderr: file, field, problem, fix)."""
     from millrace.contracts.errors import EXIT_BAD_INPUT, ContractError
     from millrace.contracts.loader import load_contract
 
-    failed = 0
+    failed, results = 0, []
     for path in paths:
         try:
             c = load_contract(path)
-            typer.echo(f"ok    {path}: {c.id} {c.version}, {len(c.fields)} fields, key {list(c.key_fields)}")
+            results.append({"path": str(path), "ok": True, "id": c.id, "version": c.version,
+                            "fields": len(c.fields), "key": list(c.key_fields)})
+            if not as_json:
+                typer.echo(f"ok    {path}: {c.id} {c.version}, {len(c.fields)} fields, key {list(c.key_fields)}")
         except ContractError as exc:
             failed += 1
+            results.append({"path": str(path), "ok": False, "error": str(exc)})
             typer.echo(f"error {exc}", err=True)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(results))
     raise typer.Exit(EXIT_BAD_INPUT if failed else 0)
 
 

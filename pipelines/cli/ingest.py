@@ -18,6 +18,7 @@ def ingest(
     start: Optional[str] = typer.Option(None, "--from", help="First landing date of a range (backfill)."),
     end: Optional[str] = typer.Option(None, "--to", help="Last landing date of a range (backfill)."),
     expectations: bool = typer.Option(True, help="Run the Great Expectations suite before each commit."),
+    as_json: bool = common.json_option(),
 ):
     """Ingest landing files into the lake. Without a range: every partition with new or changed files.
 
@@ -31,4 +32,4 @@ def ingest(
 
     project = common.project()
     lo, hi = common.date_range(date, start, end)
-    run_ingest_with_summary(common.console(), project, source, lo, hi, list(ctx.args), expectations)
+    run_ingest_with_summary(common.console(as_json), project, source, lo, hi, list(ctx.args), expectations, as_json)
