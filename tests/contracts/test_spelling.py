@@ -98,3 +98,14 @@ def test_the_same_encoding_in_both_places_warns_to_drop_the_old_one(tmp_path):
     assert contract.field("timestamp").encoding == "epoch_seconds"
     (warning,) = contract.warnings
     assert warning.field.endswith("(timestamp).physicalType") and warning.fix == "write physicalType: timestamp"
+
+
+def test_example_lake_servers_name_the_lake_of_the_default_state_folder():
+    """Stock tools read the lake through each contract's `lake` server: it must name the folder that
+    millrace writes for that source under the example's default state folder
+    (`<state>/lake/<source>/<key>=<value>/part-*.parquet`, pipelines/lake.py)."""
+    project = yaml.safe_load((EXAMPLE / "millrace.yaml").read_text())
+    for source, spec in project["sources"].items():
+        (server,) = yaml.safe_load((EXAMPLE / spec["contract"]).read_text())["servers"]
+        assert (server["server"], server["type"], server["format"]) == ("lake", "local", "parquet")
+        assert server["path"] == f"{project['storage']['state_dir']}/lake/{source}/*/part-*.parquet"
