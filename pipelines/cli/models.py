@@ -67,6 +67,7 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
         if found and not registry.gate_passed(registry.get_version(client, reg, found)):
             note = " (its gates failed: it was promoted by hand with --force)"
         typer.echo(f"champion of {reg} at {when.isoformat()}: {found or 'none'}{note}")
+        _check_history(client, reg)
         return
     all_versions = registry.versions(client, reg)
     v = version or registry.alias_target(client, reg, registry.CHAMPION) or (all_versions[-1].version
@@ -77,7 +78,9 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
     run_ = client.get_run(mv.run_id)
     aliases = ", ".join(mv.aliases) or "-"
     typer.echo(f"{reg} version {mv.version}  aliases: {aliases}  run: {mv.run_id}")
-    typer.echo(f"  source: {mv.source}")
+    if mv.source.startswith("models:/"):  # else registered before LoggedModels: the source is the bundle
+        typer.echo(f"  mlflow model: {mv.source} (loads with mlflow.pyfunc.load_model(\"models:/{reg}/{mv.version}\"))")
+    typer.echo(f"  bundle: {registry.bundle_uri(mv)}")
     typer.echo(f"  gate: {run_.data.tags.get('millrace.gate', '?')}")
     if "millrace.orphan" in run_.data.tags:
         typer.echo(f"  interrupted: {run_.data.tags['millrace.orphan']}")
@@ -89,6 +92,16 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
     typer.echo("  alias history:")
     for e in registry.history(client, reg):
         typer.echo(f"    {e.at}  {e.alias:<10} -> v{e.version} (was {e.previous or '-'}) by {e.by}: {e.why}")
+    _check_history(client, reg)
+
+
+def _check_history(client, reg: str) -> None:
+    """Say so, in one line and with exit 1, when the alias history was altered after it was written."""
+    from millrace.training import registry
+
+    problem = registry.tampered(client, reg)
+    if problem:
+        common.fail(problem, 1)
 
 
 @app.command("promote")
@@ -135,7 +148,9 @@ def ui(port: int = typer.Option(5000, help="Port of the MLflow UI."),
     from millrace.training.registry import tracking_uri
 
     uri = tracking_uri(common.project())
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    # MLflow 3's UI opens experiments in its GenAI view unless told otherwise (a per-browser switch)
+    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}/#/experiments?workflowType=machine_learning "
+               f"(Ctrl-C to stop)")
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
 

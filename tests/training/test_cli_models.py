@@ -77,3 +77,22 @@ def test_train_has_force():
 
     out = CliRunner().invoke(app, ["train", "--help"])
     assert out.exit_code == 0 and "--force" in out.stdout and "re-scored" in out.stdout
+
+
+def test_show_reports_an_altered_history_in_one_line(cli, project_dir):
+    import json
+    from pathlib import Path
+
+    client, name, version, invoke = cli
+    v1, v2 = version("passed", 0.7), version("passed", 0.8)
+    for v in (v1, v2):
+        registry.move_alias(client, name, registry.CHAMPION, v, "gate passed")
+    location = Path(client.get_experiment_by_name(name).artifact_location) / registry.LOG_FOLDER
+    entries = {f: json.loads(f.read_text()) for f in sorted(location.glob("*.json"))}
+    first, entry = next((f, e) for f, e in entries.items() if e["alias"] == registry.CHAMPION)
+    first.write_text(json.dumps({**entry, "at": "2000-01-01T00:00:00+00:00"}, sort_keys=True))  # backdated
+    out = invoke("models", "show", "likes", "--at", "2001-01-01")
+    assert out.exit_code == 1 and out.stdout.strip().endswith(f": {v1}"), out.stdout  # still answers
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "alias history of movielens.likes was altered" in lines[0], lines
+    assert f"entry {entry['seq'] + 1} does not match the checksum of entry {entry['seq']}" in lines[0]

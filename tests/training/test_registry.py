@@ -150,3 +150,85 @@ def test_close_orphans(store):
     version = registry.get_version(client, name, mv.version)
     assert version.tags[registry.RUN_TAG] == "interrupted" and not registry.gate_passed(version)
     assert registry.close_orphans(client, exp) == []
+
+
+def test_experiments_are_classic_ml(store, project_dir, tmp_path):
+    """MLflow 3 marks an experiment's kind with the tag mlflow.experimentKind; millrace's are classic ML."""
+    client = store.client
+    assert client.get_experiment(store.exp).tags[registry.KIND_TAG] == registry.KIND_CLASSIC == "custom_model_development"
+    project = load_project(project_dir)
+    older = client.create_experiment(registry.registered_name(project, "older_kind"),
+                                     artifact_location=str(tmp_path / "older"))  # made before the tag existed
+    assert registry.experiment_id(client, project, "older_kind") == older
+    assert client.get_experiment(older).tags[registry.KIND_TAG] == registry.KIND_CLASSIC
+
+
+def _log_files(store: Store) -> list:
+    from pathlib import Path
+
+    folder = Path(store.client.get_experiment(store.exp).artifact_location) / registry.LOG_FOLDER
+    return sorted(folder.glob("*.json"))
+
+
+def test_alias_history_is_a_checksum_chain_kept_out_of_the_ui(store):
+    """The log is artifact files (the UI shows, never edits them), each chained to the one before by
+    its SHA-256, the last one named by a head tag: any edit, removal or addition is reported."""
+    client, name = store.client, store.name
+    v1, v2 = _version(store), _version(store)
+    for v in (v1, v2, v1):
+        registry.move_alias(client, name, registry.CHAMPION, v, "gate passed")
+    log = registry.read_log(client, name)
+    assert log.problem is None and [e.version for e in log.events] == [v1, v2, v1]
+    tags = client.get_registered_model(name).tags
+    assert not [k for k in tags if k.startswith(registry.LOG_PREFIX)] and tags[registry.HEAD_TAG].startswith("3 ")
+    files = _log_files(store)
+    assert [f.name for f in files] == ["000001.json", "000002.json", "000003.json"]
+    originals = {f: f.read_bytes() for f in files}
+
+    def edited(f, **change):
+        f.write_text(json.dumps({**json.loads(originals[f]), **change}, sort_keys=True))
+
+    cases = {
+        "an edited entry": (lambda: edited(files[0], version=v2), "entry 2 does not match the checksum of entry 1"),
+        "an edited last entry": (lambda: edited(files[2], why="nothing to see"), "is not the one the head tag"),
+        "a removed last entry": (lambda: files[2].unlink(), "is not the one the head tag"),
+        "an edited head (UI)": (lambda: client.set_registered_model_tag(name, registry.HEAD_TAG, "3 0"),
+                                "is not the one the head tag"),
+        "a removed head (UI)": (lambda: client.delete_registered_model_tag(name, registry.HEAD_TAG), "was removed"),
+    }
+    for what, (tamper, expected) in cases.items():
+        tamper()
+        problem = registry.tampered(client, name)
+        assert problem and expected in problem and "\n" not in problem and "(fix: " in problem, (what, problem)
+        for f, data in originals.items():
+            f.write_bytes(data)
+        client.set_registered_model_tag(name, registry.HEAD_TAG, tags[registry.HEAD_TAG])
+    assert registry.tampered(client, name) is None
+
+
+def test_an_append_killed_before_the_head_moved_is_not_tampering(store):
+    client, name = store.client, store.name
+    v1, v2 = _version(store), _version(store)
+    registry.move_alias(client, name, registry.CHAMPION, v1, "gate passed")
+    head = client.get_registered_model(name).tags[registry.HEAD_TAG]
+    registry.move_alias(client, name, registry.CHAMPION, v2, "gate passed")
+    client.set_registered_model_tag(name, registry.HEAD_TAG, head)  # entry 2 written, head not moved yet
+    assert registry.tampered(client, name) is None and _champion_log(store) == [v1, v2]
+    assert registry.reconcile(client, name) == []
+    assert client.get_registered_model(name).tags[registry.HEAD_TAG].startswith("2 ")
+
+
+def test_a_log_kept_in_tags_moves_into_the_chain(store):
+    """Registries written before the log moved out of registered-model tags keep their history."""
+    client, name = store.client, store.name
+    v1, v2 = _version(store), _version(store)
+    client.set_registered_model_alias(name, registry.CHAMPION, v1)
+    old = {"alias": registry.CHAMPION, "version": v1, "previous": None, "by": "bob",
+           "at": "2026-11-01T00:00:00+00:00", "why": "gate passed"}
+    client.set_registered_model_tag(name, f"{registry.LOG_PREFIX}000001", json.dumps(old))
+    assert _champion_log(store) == [v1] and registry.tampered(client, name) is None
+    registry.move_alias(client, name, registry.CHAMPION, v2, "gate passed")
+    log = registry.read_log(client, name)
+    assert log.problem is None and not log.legacy and [(e.seq, e.by) for e in log.events][0] == (1, "bob")
+    assert _champion_log(store) == [v1, v2] and len(_log_files(store)) == 2
+    assert not [k for k in client.get_registered_model(name).tags if k.startswith(registry.LOG_PREFIX)]
