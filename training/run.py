@@ -122,8 +122,11 @@ def train(project: Project, features: Features, models: Models, name: str, examp
                 with open(os.path.join(bundle, LINEAGE_FILE), "w") as f:
                     f.write(lineage.to_json())
                 mlflow.log_artifacts(bundle, "bundle")
+                bundle_uri = f"{run.info.artifact_uri}/bundle"
+                logged = artifacts.log_model(bundle, manifest, fitted.parts, name,
+                                             {registry.BUNDLE_TAG: bundle_uri, "millrace.registered_name": reg_name})
             mlflow.set_tag("mlflow.note.content", card)
-            version = _register(client, reg_name, spec, run.info.run_id, f"{run.info.artifact_uri}/bundle", verdict)
+            version = _register(client, reg_name, spec, run.info.run_id, logged.model_id, bundle_uri, verdict)
             promoted = verdict.passed
             if promoted:
                 registry.move_alias(client, reg_name, registry.CHAMPION, version, f"gate passed: {verdict.summary}")
@@ -266,11 +269,10 @@ def _champion(client, reg_name: str, spec: ModelSpec, fitted) -> dict | None:
                 "how": f"cannot re-score: {str(exc).strip(chr(39))}"[:300], "comparable": False}
 
 
-def _register(client, reg_name: str, spec: ModelSpec, run_id: str, source: str, verdict) -> str:
+def _register(client, reg_name: str, spec: ModelSpec, run_id: str, model_id: str, bundle_uri: str, verdict) -> str:
     registry.ensure_registered(client, reg_name, spec.description)
-    mv = client.create_model_version(reg_name, source, run_id=run_id,
-                                     tags={registry.GATE_TAG: "passed" if verdict.passed else "failed"},
-                                     description=verdict.summary[:4000])
+    mv = registry.register(client, reg_name, model_id, run_id, bundle_uri,
+                           {registry.GATE_TAG: "passed" if verdict.passed else "failed"}, verdict.summary[:4000])
     checkpoint("after_register")
     registry.move_alias(client, reg_name, registry.CHALLENGER, mv.version, f"registered by run {run_id}")
     return str(mv.version)

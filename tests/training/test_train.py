@@ -12,6 +12,7 @@ import pytest
 
 from millrace.training import bundle, registry
 from millrace.training.errors import DivergedTraining, EmptyTrainingSet, QuantizationRefused, TrainingError
+from tests.training.test_mlflow_model import check_tabular, check_two_tower
 
 SEED_TOLERANCE = 1e-6  # same seed, same data, same machine: metrics agree to float rounding
 
@@ -58,11 +59,13 @@ def test_two_tower_trains_exports_and_registers(tiny, tmp_path):
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs if i.tags}
     assert {"training", "holdout"} <= contexts
     assert (tmp_path / "bundle" / "model_card.md").read_text().startswith("# retrieval")
+    check_two_tower(tiny, out, tmp_path / "mlflow")
 
 
 def test_tabular_classifier_and_regressor(tiny, tmp_path):
     likes = tiny.train("likes")
     assert 0.5 < likes.metrics["auc"] <= 1 and likes.promoted
+    check_tabular(tiny, likes, tmp_path / "mlflow")
     stars = tiny.train("stars")
     assert stars.metrics["rmse"] > 0 and stars.promoted
     folder = registry.download(_client(tiny), registry.registered_name(tiny.project, "stars"), "1", str(tmp_path))
