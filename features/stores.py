@@ -25,10 +25,12 @@ def record_path(project: Project, view: str) -> str:
     stores starts from nothing): written by ``materialize``, read by the ``data`` ttl clock."""
     import hashlib
 
-    from millrace.contracts import storage
+    from millrace.contracts.names import NAME
 
+    if not NAME.match(view):  # view names follow the one name rule (features.yaml is checked at load)
+        raise ValueError(f"unsafe view name {view!r}")
     store = hashlib.sha256(project.online_store.encode()).hexdigest()[:12]
-    return os.path.join(repo_dir(project), "materialized", store, f"{storage.safe_name(view)}.parquet")
+    return os.path.join(repo_dir(project), "materialized", store, f"{view}.parquet")
 
 
 def sqlite_path(project: Project) -> str:

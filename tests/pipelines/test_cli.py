@@ -186,8 +186,12 @@ def test_nightly_builds_features_and_serves_them_online(nightly_state, tmp_path)
 
     state, out = nightly_state
     assert "online user_activity" in out
-    got = run(["features", "get", "user_activity", "1", "2"], state).stdout.splitlines()
+    got = run(["features", "get", "user_activity", "1", "15"], state).stdout.splitlines()
     assert len(got) == 2 and "'rating_count_all': 20" in got[0]
+    # user 2 last rated in 1996: older than the 3650d ttl before the newest rating (ttl_clock: data)
+    old = run(["features", "get", "user_activity", "1", "2"], state, check=False)
+    assert old.returncode == 1 and old.stdout.count("{") == 1
+    assert old.stderr.strip() == "error: user_activity: 2: expired (older than the view's ttl 3650d)"
     spine = tmp_path / "spine.parquet"
     times = pa.array([1_300_000_000_000_000, 1_500_000_000_000_000], pa.timestamp("us", tz="UTC"))
     pq.write_table(pa.table({"userId": [1, 1], "movieId": [31, 31], "event_timestamp": times, "label": [1, 0]}), spine)
