@@ -12,7 +12,8 @@ app = typer.Typer(no_args_is_help=True, help="Check and compare data contracts."
 def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check."),
          as_json: bool = typer.Option(False, "--json", help="Print one JSON result per file on stdout.")):
     """Check ODCS contract files: schema, types, keys, rules, partitioning. Exit 2 when any is wrong
-    (one line per wrong file on stderr: file, field, problem, fix)."""
+    (one line per wrong file on stderr: file, field, problem, fix). A deprecated spelling gets one
+    `warning` line per field on stderr, with its fix, and exit 0."""
     from millrace.contracts.errors import EXIT_BAD_INPUT, ContractError
     from millrace.contracts.loader import load_contract
 
@@ -22,8 +23,11 @@ def lint(paths: list[Path] = typer.Argument(..., help="Contract files to check."
             c = load_contract(path)
             results.append({"path": str(path), "ok": True, "id": c.id, "version": c.version,
                             "fields": len(c.fields), "key": list(c.key_fields)})
+            results[-1]["warnings"] = [str(w) for w in c.warnings]
             if not as_json:
                 typer.echo(f"ok    {path}: {c.id} {c.version}, {len(c.fields)} fields, key {list(c.key_fields)}")
+            for warning in c.warnings:  # a deprecated spelling: still read, exit 0
+                typer.echo(f"warning {warning}", err=True)
         except ContractError as exc:
             failed += 1
             results.append({"path": str(path), "ok": False, "error": str(exc)})

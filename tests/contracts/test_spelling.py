@@ -109,3 +109,16 @@ def test_example_lake_servers_name_the_lake_of_the_default_state_folder():
         (server,) = yaml.safe_load((EXAMPLE / spec["contract"]).read_text())["servers"]
         assert (server["server"], server["type"], server["format"]) == ("lake", "local", "parquet")
         assert server["path"] == f"{project['storage']['state_dir']}/lake/{source}/*/part-*.parquet"
+
+
+def test_contracts_lint_prints_one_warning_line_per_old_spelling_and_exits_0():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "millrace.pipelines.cli", "contracts", "lint", str(OLD), str(NEW)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ok    ") == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("warning ")]
+    assert [line.removeprefix("warning ") for line in lines] == [str(w) for w in load_contract(OLD).warnings]
+    assert len(lines) == 2 and all(str(OLD) in line and "(fix: write physicalType: " in line for line in lines)

@@ -49,7 +49,7 @@ def test_json_output_is_the_tables_data(nightly_run):
     assert got[0]["userId"] == 1 and got[0]["rating_count_all"] == 20 and got[0]["_status"] == "found"
     linted = json.loads(run(["contracts", "lint", str(EXAMPLE / "contracts" / "ratings.yaml"), "--json"], state).stdout)
     assert linted == [{"path": str(EXAMPLE / "contracts" / "ratings.yaml"), "ok": True, "id": "urn:millrace:movielens:ratings",
-                       "version": linted[0]["version"], "fields": 4, "key": ["userId", "movieId"]}]
+                       "version": linted[0]["version"], "fields": 4, "key": ["userId", "movieId"], "warnings": []}]
 
 
 @pytest.mark.slow
