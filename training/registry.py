@@ -374,7 +374,8 @@ def process_tags() -> dict[str, str]:
 
 def close_orphans(client, experiment: str, now: dt.datetime | None = None) -> list[str]:
     """Mark RUNNING runs of ``experiment`` whose process is gone as FAILED (tag ``millrace.orphan``
-    says why), and the versions they registered as interrupted; returns their run ids."""
+    says why), their LoggedModels FAILED, and the versions they registered as interrupted; returns
+    their run ids."""
     now = now or dt.datetime.now(dt.timezone.utc)
     closed = []
     for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'"):
@@ -386,6 +387,8 @@ def close_orphans(client, experiment: str, now: dt.datetime | None = None) -> li
         client.set_tag(run_id, "millrace.error", f"interrupted: {why}; closed as FAILED by a later run")
         for mv in client.search_model_versions(f"run_id = '{run_id}'"):
             client.set_model_version_tag(mv.name, mv.version, RUN_TAG, "interrupted")
+        for logged in client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'"):
+            client.finalize_logged_model(logged.model_id, "FAILED")  # the UI lists it as failed, like its run
         client.set_terminated(run_id, "FAILED")
         closed.append(run_id)
     return closed

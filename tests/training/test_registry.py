@@ -141,6 +141,7 @@ def test_close_orphans(store):
     }
     ids = {k: r.info.run_id for k, r in runs.items()}
     mv = client.create_model_version(name, str(tmp), run_id=ids["dead"], tags={registry.GATE_TAG: "passed"})
+    logged = {k: client.create_logged_model(exp, name=k, source_run_id=ids[k]).model_id for k in ("dead", "alive")}
     closed = registry.close_orphans(client, exp)
     assert sorted(closed) == sorted([ids["dead"], ids["elsewhere_old"]])
     status = {k: client.get_run(i).info.status for k, i in ids.items()}
@@ -149,6 +150,8 @@ def test_close_orphans(store):
     assert "ended without closing it" in tags["millrace.orphan"] and tags["millrace.error"].startswith("interrupted")
     version = registry.get_version(client, name, mv.version)
     assert version.tags[registry.RUN_TAG] == "interrupted" and not registry.gate_passed(version)
+    assert {k: str(client.get_logged_model(m).status) for k, m in logged.items()} == {"dead": "FAILED",
+                                                                                     "alive": "PENDING"}
     assert registry.close_orphans(client, exp) == []
 
 
@@ -232,3 +235,18 @@ def test_a_log_kept_in_tags_moves_into_the_chain(store):
     assert log.problem is None and not log.legacy and [(e.seq, e.by) for e in log.events][0] == (1, "bob")
     assert _champion_log(store) == [v1, v2] and len(_log_files(store)) == 2
     assert not [k for k in client.get_registered_model(name).tags if k.startswith(registry.LOG_PREFIX)]
+
+
+def test_a_version_registered_before_its_bundle_tag_still_downloads(store, tmp_path):
+    """Older versions have the bundle as their source; newer ones a LoggedModel and the tag."""
+    from pathlib import Path
+
+    client, name = store.client, store.name
+    old_bundle = tmp_path / "old-bundle"
+    old_bundle.mkdir()
+    (old_bundle / "manifest.json").write_text("{}")
+    run = client.create_run(store.exp)
+    old = client.create_model_version(name, str(old_bundle), run_id=run.info.run_id)
+    assert registry.bundle_uri(old) == str(old_bundle)
+    folder = registry.download(client, name, old.version, str(tmp_path / "got"))
+    assert (Path(folder) / "manifest.json").read_text() == "{}"
