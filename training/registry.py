@@ -181,7 +181,8 @@ def read_log(client, name: str, model=None) -> AliasLog:
         if head is None and len(files) > 1:
             problem = f"the head tag {HEAD_TAG} was removed"
         elif head is not None and head != f"{last[0]} {last[1]}" and not _one_behind(head, files):
-            problem = f"the last entry is not the one the head tag {HEAD_TAG} names (entries were edited, removed or added)"
+            problem = (f"the last entry is not the one the head tag {HEAD_TAG} names "
+                       f"(entries were edited, removed or added)")
     return AliasLog(events, problem, last)
 
 

@@ -105,7 +105,8 @@ def test_pair_model_joins_two_towers(shared):
     def tower(key: str, extra: str) -> onnx.ModelProto:
         w = onnx.numpy_helper.from_array(np.full((2, 3), 0.5 if key == "u" else 2.0, np.float32), "w")
         graph = helper.make_graph(
-            [helper.make_node("Concat", [key, extra], ["x"], axis=1), helper.make_node("MatMul", ["x", "w"], ["embedding"])],
+            [helper.make_node("Concat", [key, extra], ["x"], axis=1),
+             helper.make_node("MatMul", ["x", "w"], ["embedding"])],
             key, [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1]) for n in (key, extra)],
             [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])], [w])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -158,7 +158,8 @@ def test_close_orphans(store):
 def test_experiments_are_classic_ml(store, project_dir, tmp_path):
     """MLflow 3 marks an experiment's kind with the tag mlflow.experimentKind; millrace's are classic ML."""
     client = store.client
-    assert client.get_experiment(store.exp).tags[registry.KIND_TAG] == registry.KIND_CLASSIC == "custom_model_development"
+    kind = client.get_experiment(store.exp).tags[registry.KIND_TAG]
+    assert kind == registry.KIND_CLASSIC == "custom_model_development"
     project = load_project(project_dir)
     older = client.create_experiment(registry.registered_name(project, "older_kind"),
                                      artifact_location=str(tmp_path / "older"))  # made before the tag existed
