@@ -21,8 +21,8 @@ _ROW_COUNTS = ("expect_table_row_count_to_be_between", "expect_table_row_count_t
 
 @dataclass(frozen=True)
 class SuiteResult:
-    """One partition's verdict: the typed report that is written beside it, and GE's result object
-    (not serialisable) for rendering Data Docs."""
+    """One partition's verdict: the typed report that is written beside it (its ``great_expectations``
+    document is what Data Docs store and render, ``validation.data_docs``), and GE's result object."""
 
     report: ExpectationsReport
     validation: object = field(default=None, compare=False, repr=False)
@@ -47,8 +47,10 @@ def build_suite(contract: Contract):
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    suite = gx.ExpectationSuite(name=f"{contract.name}-{contract.version}")
-    add = suite.add_expectation
+    # Expectations are collected first and given to the suite at once: ``add_expectation`` looks the
+    # suite up in GX's current context, and the driver building it for Data Docs may have none.
+    expectations: list = []
+    add = expectations.append
     add(gxe.ExpectTableColumnsToMatchSet(column_set=list(contract.field_names), exact_match=True))
     for f in contract.fields:
         if f.required:
@@ -74,7 +76,7 @@ def build_suite(contract: Contract):
         add(gxe.ExpectCompoundColumnsToBeUnique(column_list=keys))
     for check in contract.table_checks:
         add(_table_expectation(gxe, check))
-    return suite
+    return gx.ExpectationSuite(name=f"{contract.name}-{contract.version}", expectations=expectations)
 
 
 def _table_expectation(gxe, check: TableCheck):
@@ -151,7 +153,6 @@ class SuiteRunner:
         self.suite = self.context.suites.add(build_suite(contract))
         self._closed = [subset_closed(e) for e in self.suite.expectations]
         self._parts: dict[tuple[int, ...], object] = {}  # sub-suites by expectation positions
-        self._view = self._renderer = None
 
     def validate(self, table: pa.Table) -> SuiteResult:
         """The whole suite on one partition's rows."""
@@ -228,14 +229,6 @@ class SuiteRunner:
                                     failed_blocking=tuple(blocking), failed_warnings=tuple(warnings),
                                     great_expectations=_document(result, documents or {}))
         return SuiteResult(report=report, validation=result)
-
-    def render_html(self, suite_result: SuiteResult) -> str:
-        from great_expectations.render.renderer import ValidationResultsPageRenderer
-        from great_expectations.render.view import DefaultJinjaPageView
-
-        if self._view is None:  # one view: its Jinja environment caches the compiled templates
-            self._view, self._renderer = DefaultJinjaPageView(), ValidationResultsPageRenderer()
-        return self._view.render(self._renderer.render(suite_result.validation))
 
 
 def _key(cfg) -> str:
