@@ -39,6 +39,7 @@ class IngestResult:
     selection: str
     reports: list[PartitionReport] = field(default_factory=list)
     seconds: float = 0.0
+    data_docs: str | None = None   # the project's GX Data Docs index, when this run published results
 
     def total(self, key: str) -> int:
         return sum(getattr(r, key) for r in self.reports)
@@ -141,6 +142,8 @@ def _ingest(project: Project, source: str, start, end, beam_args, validate: bool
              | "SaveReports" >> beam.Map(_save_report, reports_dir))
     if watcher:
         watcher.stop()
+    if validate:  # before the reports are checked: what was committed links to built pages
+        result.data_docs = _publish_docs(project, source, contract, run_id)
     result.seconds = time.time() - started
     result.reports = sorted(_load_reports(reports_dir), key=lambda r: r.partition)
     missing = sorted(set(groups) - {r.partition for r in result.reports})
@@ -148,8 +151,6 @@ def _ingest(project: Project, source: str, start, end, beam_args, validate: bool
         raise RunFailed(f"{source}: no report for {len(missing)} of {len(groups)} partition(s) under "
                         f"{lake.join(reports_dir, 'partitions')}, e.g. {missing[0]} (fix: rerun the ingest)")
     lake.write_bytes(lake.join(reports_dir, "summary.json"), result.summary().to_json().encode())
-    if validate:
-        _write_docs_index(project, source, contract, result.reports)
     return result
 
 
@@ -201,28 +202,10 @@ class _Watcher:
         self.progress(len(lake.list_dir(lake.join(self.reports_dir, "partitions"))), self.total)
 
 
-def _write_docs_index(project: Project, source: str, contract: Contract, reports: list[PartitionReport]) -> None:
-    """The index of a source's Data Docs: each committed partition (and each partition this run
-    rejected after validation) with its verdict and its page. Partitions validated together share
-    one page; pages no partition links to any more (replaced commits) are removed."""
-    import html
+def _publish_docs(project: Project, source: str, contract: Contract, run_id: str) -> str | None:
+    """The run's results into the project's GX context and its Data Docs site, built once for the
+    run (``validation.data_docs.publish``); the site's index.html, or None when nothing was staged."""
+    from millrace.validation import data_docs
+    from millrace.validation.expectations import build_suite
 
-    docs_dir = lake.join(project.state_dir, "data_docs", source)
-    committed, _corrupt = lake.scan_partitions(project.lake, source, contract.partitioning.key)
-    entries = {c.value: (COMMITTED, c.manifest.expectations) for c in committed if c.manifest.expectations}
-    entries.update({r.partition: (REJECTED, r.expectations) for r in reports
-                    if r.status == REJECTED and r.expectations})
-    linked = {e.data_docs.rsplit("/", 1)[-1] for _status, e in entries.values()}
-    rows = []
-    for value, (status, e) in sorted(entries.items()):
-        page = e.data_docs.rsplit("/", 1)[-1]
-        verdict = "passed" if e.success and not e.failed_warnings else (
-            "warnings: " + ", ".join(e.failed_warnings) if e.success else "failed: " + ", ".join(e.failed_blocking))
-        rows.append(f'<li><a href="{html.escape(page)}">{html.escape(value)}</a> {status}, '
-                    f'{html.escape(verdict)}</li>')
-    names = {p.rsplit("/", 1)[-1] for p in lake.list_dir(docs_dir)}
-    lake.remove_unlisted(docs_dir, {n for n in names if not n.endswith(".html")} | linked | {"index.html"})
-    body = "\n".join(rows)
-    page = (f"<html><head><title>{source} expectations</title></head><body><h1>{source}: Great Expectations "
-            f"results by partition</h1><ul>{body}</ul></body></html>")
-    lake.write_bytes(lake.join(docs_dir, "index.html"), page.encode())
+    return data_docs.publish(project.state_dir, source, run_id, build_suite(contract))

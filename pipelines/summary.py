@@ -63,5 +63,7 @@ def render(console, result) -> None:
     table.add_row("partitions rejected", f"{len(result.rejected):,}")
     table.add_row("throughput", f"{records / result.seconds:,.0f} records/s ({result.seconds:.1f} s)")
     console.print(table)
+    if result.data_docs:
+        console.print(f"data docs: {result.data_docs}", highlight=False)
     for r in result.rejected:
         console.print(f"[red]rejected[/] {r.key}={r.partition}: {r.problem}")

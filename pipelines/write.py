@@ -125,7 +125,7 @@ def write_partitions(contract: Contract, source: str, items: list[tuple[str, lis
         bundle = suite.validate_many(checked) if checked else None
         if bundle is not None:
             verdicts = bundle.partitions
-            docs = _write_docs(contract, source, where, run_id, suite, bundle)
+            docs = _stage_docs(contract, source, where, run_id, bundle)
     spent = (time.time() - started) / max(len(items), 1)  # shared work, split evenly
     reports = []
     for partition, decoded in items:
@@ -149,22 +149,23 @@ def write_partitions(contract: Contract, source: str, items: list[tuple[str, lis
     return reports
 
 
-def _write_docs(contract: Contract, source: str, where: Locations, run_id: str, suite, bundle) -> dict[str, str]:
-    """Data Docs pages, by partition. A partition with a failed expectation (blocking or warning),
-    or validated alone, gets a page of its own; the others share the page of the validation of
-    all their rows together, rendered once."""
+def _stage_docs(contract: Contract, source: str, where: Locations, run_id: str, bundle) -> dict[str, str]:
+    """Data Docs pages, by partition, staged for the run's publish (``validation.data_docs``). A
+    partition with a failed expectation (blocking or warning), or validated alone, gets a page of
+    its own; the others share the page of the validation of all the rows together."""
+    from millrace.validation import data_docs
+
     key = contract.partitioning.key
-    folder = lake.join(where.state_dir, "data_docs", source)
     pages, shared = {}, None
     for partition, result in bundle.partitions.items():
         if bundle.whole is None or result.failed_blocking or result.failed_warnings:
-            pages[partition] = lake.join(folder, f"{key}={partition}.html")
-            lake.write_bytes(pages[partition], suite.render_html(result).encode())
+            pages[partition] = data_docs.stage(where.state_dir, source, run_id, f"{key}={partition}",
+                                               result.report.great_expectations, key, [partition])
             continue
         if shared is None:
             names = sorted(bundle.partitions)
-            shared = lake.join(folder, f"{key}={names[0]}..{names[-1]}-{run_id}.html")
-            lake.write_bytes(shared, suite.render_html(bundle.whole).encode())
+            shared = data_docs.stage(where.state_dir, source, run_id, f"{key}={names[0]}..{names[-1]}",
+                                     bundle.whole.report.great_expectations, key, names)
         pages[partition] = shared
     return pages
 

@@ -66,7 +66,6 @@ def test_a_suite_run_writes_a_report_that_reads_back():
                                       "expect_column_values_to_match_regex(column=genres)")
     assert report.failed_warnings == ("expect_column_values_to_not_be_null(column=title)",)
     assert report.evaluated == len(report.great_expectations["results"])
-    assert "<html" in runner.render_html(result).lower()
 
 
 def _golden_quarantine() -> pa.Table:
