@@ -84,8 +84,12 @@ def print_json(data) -> None:
 
 
 def _plain(data):
+    import dataclasses
+
     if hasattr(data, "model_dump"):  # a typed record
         return data.model_dump(mode="json")
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return _plain(dataclasses.asdict(data))
     if isinstance(data, dict):
         return {k: _plain(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):

@@ -23,7 +23,7 @@ def _client_and_name(model: str):
 
 
 @app.command("list")
-def list_models():
+def list_models(as_json: bool = common.json_option()):
     """Each model of models.yaml: versions, champion, challenger and the champion's primary metric."""
     from millrace.features.spec import load_features
     from millrace.training import registry
@@ -33,29 +33,38 @@ def list_models():
     project = common.project()
     models = load_models(project, load_features(project))
     client = registry.connect(project)
+    rows = []
     for name in models.names:
         reg = registry.registered_name(project, name)
         try:
             found = registry.versions(client, reg)
             registry.reconcile(client, reg)
         except UnknownModel:
-            typer.echo(f"{name:<20} not trained yet (millrace train --model {name})")
+            rows.append({"model": name, "registered_name": reg, "versions": 0})
+            if not as_json:
+                typer.echo(f"{name:<20} not trained yet (millrace train --model {name})")
             continue
         champion = registry.alias_target(client, reg, registry.CHAMPION)
         challenger = registry.alias_target(client, reg, registry.CHALLENGER)
         primary = models.get(name).primary
-        metric = ""
+        metric, value = "", None
         if champion:
             value = client.get_run(registry.get_version(client, reg, champion).run_id).data.metrics.get(primary)
             metric = f"  {primary}={value:.4f}" if value is not None else ""
-        typer.echo(f"{name:<20} {len(found)} version(s)  champion={champion or '-'}  "
-                   f"challenger={challenger or '-'}{metric}")
+        rows.append({"model": name, "registered_name": reg, "versions": len(found), "champion": champion,
+                     "challenger": challenger, "primary": primary, "champion_metric": value})
+        if not as_json:
+            typer.echo(f"{name:<20} {len(found)} version(s)  champion={champion or '-'}  "
+                       f"challenger={challenger or '-'}{metric}")
+    if as_json:
+        common.print_json(rows)
 
 
 @app.command("show")
 def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
          version: Optional[str] = typer.Option(None, help="Version (default: the champion, else the latest)."),
-         at: Optional[str] = typer.Option(None, help="Which version was champion at this date/time (UTC)?")):
+         at: Optional[str] = typer.Option(None, help="Which version was champion at this date/time (UTC)?"),
+         as_json: bool = common.json_option()):
     """A version's metrics, gates, lineage and files, and the model's alias history."""
     from millrace.training import registry
 
@@ -66,7 +75,11 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
         note = ""
         if found and not registry.gate_passed(registry.get_version(client, reg, found)):
             note = " (its gates failed: it was promoted by hand with --force)"
-        typer.echo(f"champion of {reg} at {when.isoformat()}: {found or 'none'}{note}")
+        if as_json:
+            common.print_json({"registered_name": reg, "at": when.isoformat(), "champion": found,
+                               "forced": bool(note)})
+        else:
+            typer.echo(f"champion of {reg} at {when.isoformat()}: {found or 'none'}{note}")
         _check_history(client, reg)
         return
     all_versions = registry.versions(client, reg)
@@ -76,6 +89,17 @@ def show(model: str = typer.Argument(..., help="Model name from models.yaml."),
         common.fail(f"{reg} has no versions (fix: millrace train --model {model})", 2)
     mv = registry.get_version(client, reg, v)
     run_ = client.get_run(mv.run_id)
+    if as_json:
+        shown = {k: val for k, val in sorted(run_.data.metrics.items()) if "." not in k or k.startswith("baseline.")}
+        common.print_json({
+            "registered_name": reg, "version": str(mv.version), "aliases": list(mv.aliases), "run_id": mv.run_id,
+            "mlflow_model": mv.source if mv.source.startswith("models:/") else None,
+            "bundle": registry.bundle_uri(mv), "gate": run_.data.tags.get("millrace.gate"), "metrics": shown,
+            "lineage": {k[len("millrace."):]: val for k, val in sorted(run_.data.tags.items())
+                        if k.startswith(("millrace.contract.", "millrace.feature_view.", "millrace.git_sha"))},
+            "alias_history": list(registry.history(client, reg))})
+        _check_history(client, reg)
+        return
     aliases = ", ".join(mv.aliases) or "-"
     typer.echo(f"{reg} version {mv.version}  aliases: {aliases}  run: {mv.run_id}")
     if mv.source.startswith("models:/"):  # else registered before LoggedModels: the source is the bundle

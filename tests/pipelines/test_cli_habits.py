@@ -53,6 +53,18 @@ def test_json_output_is_the_tables_data(nightly_run):
 
 
 @pytest.mark.slow
+def test_models_json(nightly_run):
+    state = nightly_run.state
+    listed = {m["model"]: m for m in json.loads(run(["models", "list", "--json"], state).stdout)}
+    assert set(listed) == {"movie_retrieval", "will_like"}
+    assert listed["will_like"]["champion"] == "1" and listed["will_like"]["primary"] == "auc"
+    shown = json.loads(run(["models", "show", "will_like", "--json"], state).stdout)
+    assert shown["version"] == "1" and "champion" in shown["aliases"] and shown["metrics"]["auc"] > 0.6
+    assert shown["mlflow_model"].startswith("models:/")
+    assert {e["alias"] for e in shown["alias_history"]} == {"challenger", "champion"}  # v1 was both
+
+
+@pytest.mark.slow
 def test_unknown_entities_and_bad_keys(nightly_run):
     state = nightly_run.state
     proc = run(["features", "get", "user_activity", "1", "99999999"], state, check=False)

@@ -5,6 +5,7 @@ model with request-time inputs. Nothing in millrace knows this domain."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
 from collections import defaultdict
@@ -25,9 +26,9 @@ class Domain:
     def __init__(self, root: Path, state: Path, landed, proc):
         self.root, self.state, self.landed, self.proc = root, state, landed, proc
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(MILLRACE + ["--project", str(self.root), *args], capture_output=True, text=True,
-                              env=cli_env(self.state), timeout=600, cwd=ROOT)
+                              env=cli_env(self.state, **env), timeout=600, cwd=ROOT)
 
     def load(self):
         import os
@@ -155,7 +156,11 @@ def test_online_reads_by_composite_key_equal_feast_and_honour_the_ttl(flights, l
 
 
 def test_features_get_takes_a_composite_key(flights):
-    proc = flights.cli("features", "get", "route_delays", "origin=JFK,dest=LAX")
+    # the generated flights end in August 2026: against the wall clock the 30d ttl has expired them
+    today = flights.cli("features", "get", "route_delays", "origin=JFK,dest=LAX")
+    if dt.datetime.now(UTC) > dt.datetime(2026, 6, 1, tzinfo=UTC) + dt.timedelta(days=flights.landed.days + 30):
+        assert today.returncode == 1 and "origin=JFK,dest=LAX: expired (older than the view's ttl 30d)" in today.stderr
+    proc = flights.cli("features", "get", "route_delays", "origin=JFK,dest=LAX", MILLRACE_TTL_CLOCK="data")
     assert proc.returncode == 0, proc.stderr
     assert "'origin': 'JFK'" in proc.stdout and "'dest': 'LAX'" in proc.stdout and "flights_7d" in proc.stdout
 
@@ -190,3 +195,12 @@ def test_example_land_refuses_this_project(flights):
     assert proc.returncode != 0
     assert "bundled example" in proc.stdout + proc.stderr
     assert not (flights.state / "landing" / "ratings").exists()
+
+
+def test_train_json_reports_the_new_version(flights):
+    """Last in this module: it registers a second version."""
+    proc = flights.cli("train", "--model", "will_be_delayed", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (outcome,) = json.loads(proc.stdout)
+    assert outcome["registered_name"] == "flights.will_be_delayed" and outcome["version"] == "2"
+    assert outcome["metrics"]["auc"] > 0.55 and "training" in proc.stderr  # progress and notes on stderr
