@@ -43,6 +43,7 @@ from millrace.training import export, gates
 from millrace.training.data import split as split_examples
 from millrace.training.nets import tensors
 from millrace.training.quantize import quantize
+from millrace.training.run import family
 from millrace.training.spec import load_models
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "movielens"
@@ -72,14 +73,6 @@ def ensure_state(state: Path) -> None:
 
 
 # -- fit, export, quantize -----------------------------------------------------------------------
-
-def family(spec):
-    if spec.family == "two_tower":
-        from millrace.training import two_tower
-        return two_tower
-    from millrace.training import tabular
-    return tabular
-
 
 def build(project, features, models, name: str) -> tuple:
     """(fitted, {engine: {part: onnx model}}, facts) of model ``name``."""

@@ -148,7 +148,7 @@ def _categorical(column: pa.ChunkedArray, spec: InputSpec) -> tuple[np.ndarray, 
             raise TrainingError(f"key '{spec.name}' has null values (fix: drop those examples)")
         return column.to_numpy().astype(np.int64), _indices(column, spec)
     column = pc.cast(column, pa.string())
-    raw = np.asarray(pc.fill_null(column, "").to_pylist(), dtype=object)
+    raw = pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(object, copy=False)
     return raw, _indices(column, spec)
 
 
@@ -164,7 +164,7 @@ def _multi(column: pa.ChunkedArray, spec: InputSpec) -> tuple[np.ndarray, np.nda
     raw = np.full((len(lengths), width), "" if text else PAD_INT, dtype=object if text else np.int64)
     idx = np.zeros((len(lengths), width), dtype=np.int64)
     if text:
-        raw[rows, cols] = np.asarray(pc.fill_null(flat, "").to_pylist(), dtype=object)
+        raw[rows, cols] = pc.fill_null(flat, "").to_numpy(zero_copy_only=False)
     else:
         raw[rows, cols] = pc.fill_null(flat, PAD_INT).to_numpy()
     idx[rows, cols] = _indices(flat, spec)

@@ -76,7 +76,7 @@ def train(project: Project, features: Features, models: Models, name: str, examp
             _log_inputs(spec, split, lineage)
             say(f"training {name} ({spec.family}) on {split.train.num_rows:,} examples, "
                 f"holdout {split.holdout.num_rows:,} from {split.cut}")
-            fitted = _family(spec).fit(project, features, spec, split, time, name, progress)
+            fitted = family(spec).fit(project, features, spec, split, time, name, progress)
             for epoch, loss in enumerate(fitted.losses, 1):
                 mlflow.log_metric("train_loss", loss, step=epoch)
             mlflow.log_params({f"size.{k}": v for k, v in fitted.sizes.items()})
@@ -139,7 +139,8 @@ def train(project: Project, features: Features, models: Models, name: str, examp
                    latency, fitted.sizes)
 
 
-def _family(spec: ModelSpec):
+def family(spec: ModelSpec):
+    """The module that fits ``spec``'s family (``two_tower`` or ``tabular``)."""
     if spec.family == "two_tower":
         from millrace.training import two_tower
         return two_tower
