@@ -3,23 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.features.typed_state import redis_db_url, typed_state
+from tests.features.typed_state import redis_db_url, redis_or_skip, typed_state
 
 
 @pytest.fixture
 def typed_redis(tmp_path, monkeypatch):
     """The typed project materialized into the test Redis, with a client on it; skips (fails under CI)
     when Redis is down. Only this project's keys are deleted afterwards: the test Redis is shared."""
-    import redis
-
-    from tests.features.test_store_services import REDIS_URL, _unavailable
+    from tests.features.test_store_services import REDIS_URL
 
     url = redis_db_url(REDIS_URL)
-    client = redis.Redis.from_url(url, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        _unavailable("Redis", url, exc)
+    client = redis_or_skip(url)
     made = []
     try:
         made.append(typed_state(tmp_path, monkeypatch, MILLRACE_ONLINE_STORE=url))

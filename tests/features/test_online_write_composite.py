@@ -4,10 +4,7 @@ own writer stores, Feast's get_online_features and our reader read the same valu
 incremental record is keyed on both columns."""
 from __future__ import annotations
 
-import datetime as dt
 import os
-import secrets
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,17 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from millrace.contracts.arrow import arrow_schema
-from millrace.contracts.project import load_project
-from millrace.features import feast_repo, offline, stores, wire
-from millrace.features.compute import compute_view
+from millrace.features import stores, wire
 from millrace.features.materialize import _state_path, materialize
 from millrace.features.online import OnlineReader
-from millrace.features.spec import load_features
 from tests.features.test_online_write import feast_write, redis_hashes, sqlite_rows
-from tests.features.typed_state import ACCOUNTS, BEFORE_DATA, TYPED, USERS, events
+from tests.features.typed_state import BEFORE_DATA, events, typed_project
 
-UTC = dt.timezone.utc
 VIEW = "pair_typed"
 PAIR_YAML = """
   pair: {join_keys: [user, account], source: events, description: A composite key declared out of name order.}
@@ -45,24 +37,10 @@ VIEW_YAML = f"""
 
 
 def composite_state(tmp, monkeypatch, **env):
-    root = tmp / "project"
-    shutil.copytree(TYPED, root)
-    (root / "millrace.yaml").write_text((root / "millrace.yaml").read_text().replace(
-        "name: typed", f"name: pair_{secrets.token_hex(4)}"))
-    text = (root / "features.yaml").read_text()
-    text = text.replace("\nfeature_views:\n", PAIR_YAML + "\nfeature_views:\n" + VIEW_YAML)
-    (root / "features.yaml").write_text(text)
-    monkeypatch.setenv("MILLRACE_STATE_DIR", str(tmp / "state"))
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    project = load_project(root)
-    features = load_features(project)
-    rows = events().cast(arrow_schema(project.contract("events")).remove_metadata())
-    for name, view in features.views.items():
-        table = compute_view(view, features.join_keys(name), "at", rows, None, features.types[name],
-                             dt.datetime(2021, 4, 1, tzinfo=UTC))
-        offline.write_view(project.offline, name, table, {}, "r1")
-    store = feast_repo.apply(project, features)
+    def with_pair_view(text: str) -> str:
+        return text.replace("\nfeature_views:\n", PAIR_YAML + "\nfeature_views:\n" + VIEW_YAML)
+
+    project, features, store = typed_project(tmp, monkeypatch, prefix="pair", edit_features=with_pair_view, **env)
     reports = materialize(project, features, store=store, views=[VIEW])
     return project, features, store, reports
 
@@ -130,17 +108,11 @@ def test_composite_keys_of_a_wrong_shape_are_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.redis
 def test_composite_view_in_redis_as_feast_writes_it(tmp_path, monkeypatch):
-    import redis
-
-    from tests.features.test_store_services import REDIS_URL, _unavailable
-    from tests.features.typed_state import redis_db_url
+    from tests.features.test_store_services import REDIS_URL
+    from tests.features.typed_state import redis_db_url, redis_or_skip
 
     url = redis_db_url(REDIS_URL)
-    client = redis.Redis.from_url(url, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        _unavailable("Redis", url, exc)
+    client = redis_or_skip(url)
     project = None
     try:
         project, features, store, _ = composite_state(tmp_path, monkeypatch, MILLRACE_ONLINE_STORE=url)

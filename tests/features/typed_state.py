@@ -45,12 +45,15 @@ def events() -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def typed_state(tmp: Path, monkeypatch, **env: str):
+def typed_project(tmp: Path, monkeypatch, prefix: str = "typed", edit_features=None, **env: str):
+    """(project, features, store) of a fresh copy of the typed project: offline tables written,
+    Feast applied, nothing materialized. ``edit_features(text) -> text`` changes its features.yaml."""
     root = tmp / "project"
     shutil.copytree(TYPED, root)
-    name = f"typed_{secrets.token_hex(4)}"
     path = root / "millrace.yaml"
-    path.write_text(re.sub(r"(?m)^name: .*$", f"name: {name}", path.read_text()))
+    path.write_text(re.sub(r"(?m)^name: .*$", f"name: {prefix}_{secrets.token_hex(4)}", path.read_text()))
+    if edit_features:
+        (root / "features.yaml").write_text(edit_features((root / "features.yaml").read_text()))
     monkeypatch.setenv("MILLRACE_STATE_DIR", str(tmp / "state"))
     for var, value in env.items():
         monkeypatch.setenv(var, value)
@@ -59,11 +62,30 @@ def typed_state(tmp: Path, monkeypatch, **env: str):
     rows = events().cast(arrow_schema(project.contract("events")).remove_metadata())
     created = dt.datetime(2021, 4, 1, tzinfo=UTC)
     for view_name, view in features.views.items():
-        table = compute_view(view, features.join_key(view_name), "at", rows, None, features.types[view_name], created)
+        table = compute_view(view, features.join_keys(view_name), "at", rows, None, features.types[view_name], created)
         offline.write_view(project.offline, view_name, table, {}, "r1")
-    store = feast_repo.apply(project, features)
+    return project, features, feast_repo.apply(project, features)
+
+
+def typed_state(tmp: Path, monkeypatch, **env: str):
+    """The typed project with every view materialized."""
+    project, features, store = typed_project(tmp, monkeypatch, **env)
     materialize(project, features, store=store)
     return project, features, store
+
+
+def redis_or_skip(url: str):
+    """A client on the test Redis; skips (fails under CI) when it is down."""
+    import redis
+
+    from tests.features.test_store_services import _unavailable
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        _unavailable("Redis", url, exc)
+    return client
 
 
 def feast_rows(store, features, view: str, keys: list) -> list[dict]:
