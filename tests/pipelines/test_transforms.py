@@ -101,7 +101,8 @@ def test_blocking_expectation_stops_commit_and_warning_does_not(tmp_path):
     [c] = lake.committed_partitions(where.lake, "ratings", "month")
     results = lake.read_bytes(lake.join(c.directory, c.manifest.expectations.results))
     assert b'"success": true' in results
-    assert (tmp_path / "state" / "data_docs" / "ratings" / "month=2009-12.html").exists()
+    assert report.expectations.data_docs.endswith("/month=2009-12.html")  # its own page, warnings shown
+    assert (tmp_path / "state" / "runs" / "ratings" / "run" / "validations" / "month=2009-12.json").exists()
 
 
 def test_unsafe_partition_names_are_refused(tmp_path):
