@@ -12,11 +12,12 @@ import signal
 
 INGEST_POINTS = (
     "after_decode",            # a landing file decoded, nothing written yet
-    "after_data_files",        # a partition's Parquet data written, no quarantine, no manifest
-    "after_quarantine",        # data and quarantine written, no results, no manifest
-    "before_manifest",         # everything written but the manifest
-    "after_manifest",          # manifest renamed (committed), old files not yet cleaned up
-    "after_first_partition",   # one partition fully done, others not
+    "after_data_files",        # a partition's Parquet data staged, no quarantine, no manifest
+    "after_quarantine",        # a partition's data and quarantine staged, no results, no manifest
+    "before_commit",           # every partition staged, nothing committed (pipelines.commit)
+    "after_quarantine_commit", # the quarantine table holds the run's files, the lake does not
+    "after_commit",            # the lake table committed, replaced files not yet cleaned up
+    "after_cleanup",           # committed and cleaned up, the run's reports not yet final
 )
 FEATURE_POINTS = (             # feature builds and materialization (features/)
     "after_view_data",         # a view's new offline data written, not yet committed

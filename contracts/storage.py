@@ -155,5 +155,15 @@ def remove_unlisted(directory: str, keep: set[str]) -> None:
             raise _fail(path, "delete a stale file", exc) from exc
 
 
+def size_of(path: str) -> int:
+    """The size of a file in bytes; a missing file raises ``FileNotFoundError``."""
+    if is_uri(path):
+        matched = _beam().match([path])[0].metadata_list
+        if not matched:
+            raise FileNotFoundError(path)
+        return matched[0].size_in_bytes
+    return os.stat(path).st_size
+
+
 def exists(path: str) -> bool:
     return _beam().exists(path) if is_uri(path) else os.path.exists(path)

@@ -45,3 +45,17 @@ class SourceBusy(PipelineError):
     """Another process is writing the same source: retry later (exit 75)."""
 
     retryable = True
+
+
+class SchemaChanged(PipelineError):
+    """A contract version changed or removed stored columns, and the run does not rebuild every
+    committed partition: the table would mix two schemas."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, table: str, changed: list[str], dropped: list[str], kept: list[str]):
+        parts = ([f"changed type: {', '.join(changed)}"] if changed else []) + \
+                ([f"removed: {', '.join(dropped)}"] if dropped else [])
+        super().__init__(f"{table}: the contract changes stored columns ({'; '.join(parts)}) but "
+                         f"{len(kept)} committed partition(s) would keep the old ones, e.g. {kept[0]} "
+                         f"(fix: rebuild them all in one run: millrace ingest without --from/--to)")

@@ -4,6 +4,9 @@ The pipeline is three named transforms on Arrow tables::
 
     Create((partition, landing files)) | Reshuffle | DecodeUnderContract | WritePartitions | SaveReports
 
+then the driver commits every staged partition in one commit of the source's table
+(``pipelines.commit``): a run is one snapshot of the lake, whatever runner did the work.
+
 Only file names cross the shuffle; a partition's Arrow tables are built and written by one
 worker, in fused steps, so they are never serialized between stages. A partition's files are
 decoded together, and a worker validates the partitions it holds together (``write_partitions``),
@@ -24,11 +27,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from millrace.contracts.model import Contract
 from millrace.contracts.project import Project
-from millrace.pipelines import lake, landing
+from millrace.pipelines import commit, lake, landing
 from millrace.pipelines.decode import DecodeUnderContract, LandingFile
 from millrace.pipelines.errors import LandingInvalid, NothingToIngest, RunFailed
 from millrace.pipelines.lock import source_lock
-from millrace.pipelines.records import COMMITTED, REJECTED, IngestSummary, LandingProblem, PartitionReport
+from millrace.pipelines.records import (
+    COMMITTED, REJECTED, STAGED, IngestSummary, LandingProblem, PartitionManifest, PartitionReport,
+)
 from millrace.pipelines.write import Locations, WritePartitions
 
 
@@ -40,6 +45,7 @@ class IngestResult:
     reports: list[PartitionReport] = field(default_factory=list)
     seconds: float = 0.0
     data_docs: str | None = None   # the project's GX Data Docs index, when this run published results
+    version: int | None = None     # the lake table's version this run committed (its snapshot id)
 
     def total(self, key: str) -> int:
         return sum(getattr(r, key) for r in self.reports)
@@ -107,8 +113,10 @@ def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.
            beam_args: list[str] | None = None, validate: bool = True, progress=None) -> IngestResult:
     """Hold the source's write lock (``SourceBusy``, exit 75, if another run holds it) for the
     whole run: planning reads the committed manifests, and a commit's cleanup deletes files no
-    manifest lists, so two writers of one source must never overlap."""
+    snapshot lists, so two writers of one source must never overlap."""
     with source_lock(project.state_dir, source):
+        # first what a killed run left behind (or a lake from before the table format)
+        commit.prepare(project.lake, project.quarantine, source, project.contract(source))
         return _ingest(project, source, start, end, beam_args, validate, progress)
 
 
@@ -144,12 +152,13 @@ def _ingest(project: Project, source: str, start, end, beam_args, validate: bool
         watcher.stop()
     if validate:  # before the reports are checked: what was committed links to built pages
         result.data_docs = _publish_docs(project, source, contract, run_id)
-    result.seconds = time.time() - started
-    result.reports = sorted(_load_reports(reports_dir), key=lambda r: r.partition)
-    missing = sorted(set(groups) - {r.partition for r in result.reports})
-    if missing:  # never report "nothing to ingest" for partitions whose outcome is unknown
+    reports = sorted(_load_reports(reports_dir), key=lambda r: r.partition)
+    missing = sorted(set(groups) - {r.partition for r in reports})
+    if missing:  # never commit, nor report "nothing to ingest", when some partition's outcome is unknown
         raise RunFailed(f"{source}: no report for {len(missing)} of {len(groups)} partition(s) under "
                         f"{lake.join(reports_dir, 'partitions')}, e.g. {missing[0]} (fix: rerun the ingest)")
+    result.reports, result.version = _commit(project, source, contract, run_id, reports, reports_dir)
+    result.seconds = time.time() - started
     lake.write_bytes(lake.join(reports_dir, "summary.json"), result.summary().to_json().encode())
     return result
 
@@ -171,6 +180,23 @@ def local_runner(options: PipelineOptions):
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+def _commit(project: Project, source: str, contract: Contract, run_id: str, reports: list[PartitionReport],
+            reports_dir: str) -> tuple[list[PartitionReport], int | None]:
+    """Commit the staged partitions in one commit; their reports then say committed."""
+    staged = [r for r in reports if r.status == STAGED]
+    if not staged:
+        return reports, None
+    manifests = [PartitionManifest.from_json(lake.read_bytes(r.manifest), r.manifest) for r in staged]
+    version = commit.commit_run(project.lake, project.quarantine, source, contract, manifests, run_id)
+    done = []
+    for r in reports:
+        if r.status == STAGED:
+            r = r.model_copy(update={"status": COMMITTED})
+            _save_report(r, reports_dir)
+        done.append(r)
+    return done, version
 
 
 def _save_report(report: PartitionReport, reports_dir: str) -> None:

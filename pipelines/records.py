@@ -67,7 +67,8 @@ class ExpectationsInfo(Record):
 # -- stage records --------------------------------------------------------------------------------
 
 class PartitionManifest(Record):
-    """``<lake>/<source>/<key>=<value>/_manifest.json``: the commit of one partition."""
+    """``<lake>/<source>/<key>=<value>/_manifest-<run>.json``: what a run committed in one
+    partition; it counts once the table's snapshot holds the run's data file (``pipelines.lake``)."""
 
     format_version: Literal[1] = 1
     source: str
@@ -83,7 +84,7 @@ class PartitionManifest(Record):
     expectations: Optional[ExpectationsInfo] = None
 
 
-COMMITTED, REJECTED = "committed", "rejected"
+COMMITTED, REJECTED, STAGED = "committed", "rejected", "staged"
 
 
 class PartitionReport(Record):
@@ -94,7 +95,7 @@ class PartitionReport(Record):
     partition: str
     key: str
     run_id: str
-    status: Literal["committed", "rejected"]
+    status: Literal["committed", "rejected", "staged"]   # staged: written, waiting for the run's commit
     records: int
     good: int
     quarantined: int
@@ -102,7 +103,7 @@ class PartitionReport(Record):
     duplicates_resolved: int
     inputs: list[InputFile]
     expectations: Optional[ExpectationsInfo] = None
-    manifest: Optional[str] = None              # committed: the manifest's path
+    manifest: Optional[str] = None              # staged or committed: the manifest's path
     problem: Optional[str] = None               # rejected: why
     rejected_quarantine: Optional[str] = None   # rejected: where its quarantined rows were kept
     seconds: float = 0.0

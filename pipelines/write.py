@@ -1,5 +1,6 @@
 """WritePartitions: resolve duplicates, apply the quarantine threshold and the expectation
-suite, then commit each partition atomically (data, quarantine, results, manifest last).
+suite, then stage each partition (data, quarantine, results and manifest under the run id) for
+the run's one commit (``pipelines.commit``, by the driver once every partition is staged).
 
 A worker buffers the partitions it receives (up to ``BUNDLE_RECORDS`` records or
 ``BUNDLE_PARTITIONS`` partitions) and writes them together: the suite validates them in one pass
@@ -20,7 +21,7 @@ from millrace.pipelines import lake
 from millrace.contracts.faults import checkpoint
 from millrace.pipelines.decode import PROVENANCE, Decoded
 from millrace.pipelines.records import (
-    COMMITTED, REJECTED, ContractRef, DataFile, ExpectationsInfo, InputFile, PartitionManifest, PartitionRef,
+    REJECTED, STAGED, ContractRef, DataFile, ExpectationsInfo, InputFile, PartitionManifest, PartitionRef,
     PartitionReport, QuarantineInfo,
 )
 from millrace.validation import quarantine as Q
@@ -113,7 +114,7 @@ def write_partitions(contract: Contract, source: str, items: list[tuple[str, lis
                      run_id: str, suite=None) -> list[PartitionReport]:
     """Resolve, check and commit several partitions, each on its own: the threshold and the
     expectations judge each partition (the suite validates them together, ``validate_many``), and
-    each commit is atomic. Returns one report per partition, in the order given."""
+    each is staged on its own. Returns one report per partition, in the order given."""
     started = time.time()
     if len({p for p, _ in items}) != len(items):
         raise ValueError(f"{source}: a partition given twice to one write (each must come with all its files)")
@@ -137,7 +138,7 @@ def write_partitions(contract: Contract, source: str, items: list[tuple[str, lis
             if not suite_result.success:
                 problem = "blocking expectations failed: " + ", ".join(suite_result.failed_blocking)
         if problem is None:
-            outcome = _commit(contract, source, partition, m, suite_result, expectations, where, run_id)
+            outcome = _stage(contract, source, partition, m, suite_result, expectations, where, run_id)
             expectations = outcome.pop("expectations")
         else:
             outcome = _reject(source, contract.partitioning.key, partition, m.quarantine, problem, where, run_id)
@@ -222,22 +223,21 @@ def _reject(source: str, key: str, partition: str, quarantine: pa.Table, problem
     return {"status": REJECTED, "problem": problem, "rejected_quarantine": kept}
 
 
-def _commit(contract: Contract, source: str, partition: str, merged: _Merged, suite_result,
-            expectations: ExpectationsInfo | None, where: Locations, run_id: str) -> dict:
-    """Data, quarantine and results under run-specific names, then the manifest by rename, then cleanup."""
+def _stage(contract: Contract, source: str, partition: str, merged: _Merged, suite_result,
+           expectations: ExpectationsInfo | None, where: Locations, run_id: str) -> dict:
+    """Data, quarantine, results and manifest under run-specific names: nothing is replaced, and
+    nothing is visible until the run's commit puts the data file in the table's snapshot."""
     key = contract.partitioning.key
     part_dir = lake.partition_dir(where.lake, source, key, partition)
     q_dir = lake.partition_dir(where.quarantine, source, key, partition)
-    data_name, q_name = f"part-{run_id}-00000.parquet", f"part-{run_id}.parquet"
+    data_name, q_name = lake.data_name(run_id), lake.quarantine_name(run_id)
     data_file = lake.write_parquet(lake.join(part_dir, data_name), merged.good)
     checkpoint("after_data_files")
     lake.write_parquet(lake.join(q_dir, q_name), merged.quarantine)
     checkpoint("after_quarantine")
-    keep = {data_name, lake.MANIFEST}
     if suite_result is not None:
         results_name = f"_expectations-{run_id}.json"
         lake.write_bytes(lake.join(part_dir, results_name), suite_result.to_json())
-        keep.add(results_name)
         expectations = expectations.model_copy(update={"results": results_name})
     manifest = PartitionManifest(
         source=source, partition=PartitionRef(key=key, value=partition), rows=merged.good.num_rows,
@@ -248,15 +248,9 @@ def _commit(contract: Contract, source: str, partition: str, merged: _Merged, su
         contract=ContractRef(id=contract.id, version=contract.version, path=str(contract.path)),
         run_id=run_id, committed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         inputs=merged.inputs, expectations=expectations)
-    checkpoint("before_manifest")
-    lake.write_atomically(lake.join(part_dir, lake.MANIFEST), manifest.to_json().encode(), run_id)
-    checkpoint("after_manifest")
-    # Committed: now the previous run's files and any killed run's leftovers can go (writers of a
-    # source hold its lock, so nothing here belongs to another run in progress).
-    lake.remove_unlisted(part_dir, keep)
-    lake.remove_unlisted(q_dir, {q_name})
-    checkpoint("after_first_partition")
-    return {"status": COMMITTED, "manifest": lake.join(part_dir, lake.MANIFEST), "expectations": expectations}
+    path = lake.join(part_dir, lake.manifest_name(run_id))
+    lake.write_bytes(path, manifest.to_json().encode())
+    return {"status": STAGED, "manifest": path, "expectations": expectations}
 
 
 def _superseded_records(contract: Contract, source: str, partition: str, rows: pa.Table, paths: list[str],
@@ -279,7 +273,7 @@ def _superseded_records(contract: Contract, source: str, partition: str, rows: p
 
 
 class WritePartitions(beam.PTransform):
-    """(partition, [Decoded]) -> one PartitionReport per partition (committed or rejected)."""
+    """(partition, [Decoded]) -> one PartitionReport per partition (staged or rejected)."""
 
     def __init__(self, contract: Contract, source: str, where: Locations, run_id: str, validate: bool = True):
         super().__init__()

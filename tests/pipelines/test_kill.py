@@ -1,11 +1,12 @@
 """Kill -9 the ingest process at named points, rerun, and compare with one clean run.
 
-The acceptance point: killed at any of the ``pipelines.faults`` checkpoints (after a file
-is decoded, after data files are written, after quarantine, before the manifest, after the
-manifest, after the first partition), a rerun leaves the lake equal to that of one clean run:
-the same rows, no duplicate keys, the same quarantine, and no files in a partition folder
-that its manifest does not list. Readers never see a half-written partition, including when
-the killed run was replacing partitions that were already committed.
+The acceptance point: killed at any of the ``contracts.faults.INGEST_POINTS`` (after a file is
+decoded, after data or quarantine files are staged, before the commit, after the quarantine
+table's commit, after the lake table's commit, after the cleanup), a rerun leaves the lake equal
+to that of one clean run: the same rows, no duplicate keys, the same quarantine, and no files in
+a partition folder but the committed run's. Readers never see a half-written run, including when
+the killed run was replacing partitions that were already committed; stock Delta readers (DuckDB's
+delta extension, deltalake's pyarrow dataset) read exactly the rows millrace's reader does.
 
 Every run is a real ``millrace ingest`` subprocess on a small generated landing set
 (three monthly partitions, daily CSV and JSON-lines files, planted bad rows and duplicates).
@@ -31,6 +32,7 @@ from millrace.contracts.project import load_project
 from millrace.pipelines import lake
 from millrace.pipelines.records import PartitionManifest
 from millrace.contracts.faults import INGEST_POINTS
+from tests.pipelines.stock import stock_rows
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "movielens"
 SOURCE, KEY = "ratings", "month"
@@ -223,10 +225,12 @@ def leftovers(state: Path, snap: Snapshot) -> dict[str, set[str]]:
         if not root.is_dir():
             continue
         for folder in sorted(root.iterdir()):
-            m = snap.manifests.get(folder.name.split("=", 1)[1]) if folder.name.startswith(f"{KEY}=") else None
+            if not folder.name.startswith(f"{KEY}="):  # _delta_log/, the quarantine's _rejected/
+                continue
+            m = snap.manifests.get(folder.name.split("=", 1)[1])
             listed: set[str] = set()
             if m is not None and area == "lake":
-                listed = {f.name for f in m.files} | {lake.MANIFEST}
+                listed = {f.name for f in m.files} | {lake.manifest_name(m.run_id)}
                 if m.expectations:
                     listed.add(m.expectations.results)
             elif m is not None:
@@ -240,10 +244,20 @@ def leftovers(state: Path, snap: Snapshot) -> dict[str, set[str]]:
     return out
 
 
+def assert_stock_readers_agree(snap: Snapshot, state: Path, quarantine: bool = True) -> None:
+    """DuckDB and pyarrow read the lake's table (and, between runs, the quarantine's) exactly as
+    millrace's reader does."""
+    for engine, (rows, quarantined) in stock_rows(state / "lake" / SOURCE, state / "quarantine" / SOURCE).items():
+        assert rows == snap.rows, f"{engine} reads other lake rows than millrace"
+        if quarantine:
+            assert quarantined == sorted(q[:4] for q in snap.quarantine), f"{engine}: other quarantined rows"
+
+
 def assert_equals_clean(snap: Snapshot, clean: Snapshot, state: Path) -> None:
     assert sorted(snap.manifests) == list(MONTHS), "every partition must be committed"
     assert snap.view() == clean.view()
     assert leftovers(state, snap) == {}, "stray files in partition folders"
+    assert_stock_readers_agree(snap, state)
 
 
 # -- the clean reference --------------------------------------------------------------------------
@@ -260,6 +274,7 @@ def clean(project, landing, tmp_path_factory) -> Snapshot:
     assert snap.rows == expected.rows
     assert [q[:4] for q in snap.quarantine] == expected.quarantine
     assert leftovers(state, snap) == {}
+    assert_stock_readers_agree(snap, state)
     return snap
 
 
@@ -280,39 +295,44 @@ def test_clean_run_commits_exactly_the_good_rows(clean, landing):
 
 # -- kill, rerun, compare -------------------------------------------------------------------------
 
-# point[:n], partitions committed when the process dies, whether a partition folder then holds
-# files without a manifest (the killed run's uncommitted output). The Great Expectations suite is
-# off here only to keep the matrix fast (it adds ~2.5 s of imports per run); the replacement test
-# below kills runs that have it on.
+# point[:n], partitions committed when the process dies (a run commits all its partitions at
+# once), whether partition folders then hold files of no snapshot (the killed run's output), and
+# whether the quarantine table then holds exactly the committed rows for stock readers (a kill
+# after its append and before the cleanup leaves the killed run's rows there until the next run).
+# The Great Expectations suite is off here only to keep the matrix fast (it adds ~2.5 s of imports
+# per run); the replacement test below kills runs that have it on.
 KILLS = [
-    ("after_decode:4", 0, False),
-    ("after_data_files", 0, True),
-    ("after_quarantine:2", 1, True),
-    ("before_manifest", 0, True),
-    ("after_manifest:2", 2, False),
-    ("after_first_partition", 1, False),
+    ("after_decode:4", 0, False, True),
+    ("after_data_files", 0, True, True),
+    ("after_quarantine:2", 0, True, True),
+    ("before_commit", 0, True, True),
+    ("after_quarantine_commit", 0, True, False),
+    ("after_commit", 3, False, True),
+    ("after_cleanup", 3, False, True),
 ]
 FAST = ("--no-expectations",)
 
 
 def test_every_fault_point_is_covered():
-    assert {spec.split(":")[0] for spec, _, _ in KILLS} == set(INGEST_POINTS)
+    assert {spec.split(":")[0] for spec, *_ in KILLS} == set(INGEST_POINTS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at, committed_at_death, uncommitted_output", KILLS, ids=[k[0] for k in KILLS])
+@pytest.mark.parametrize("kill_at, committed_at_death, uncommitted_output, quarantine_exact", KILLS,
+                         ids=[k[0] for k in KILLS])
 def test_kill_then_rerun_equals_one_clean_run(project, fresh_state, clean, kill_at, committed_at_death,
-                                              uncommitted_output):
+                                              uncommitted_output, quarantine_exact):
     state = fresh_state()
     killed(ingest(project, state, *FAST, kill_at=kill_at))
 
-    # What readers see right after the kill: only whole partitions, each equal to the clean one.
+    # What readers see right after the kill: the whole run or nothing of it, as in the clean run.
     partial = snapshot(project, state)
     assert len(partial.manifests) == committed_at_death
     assert partial.view() == clean.view(partial.manifests)
     stray = leftovers(state, partial)
     assert bool(stray) == uncommitted_output, stray
     assert all(folder.split("=", 1)[1] not in partial.manifests for folder in stray)
+    assert_stock_readers_agree(partial, state, quarantine=quarantine_exact)
 
     ok(ingest(project, state, *FAST))
     assert_equals_clean(snapshot(project, state), clean, state)
@@ -331,28 +351,28 @@ def test_kill_during_replacement_keeps_committed_partitions_readable(project, fr
     first = snapshot(project, state)
     assert_equals_clean(first, clean, state)
 
-    # 1. Killed right after one partition's new manifest: the old run's files are still there, unlisted.
-    killed(ingest(project, state, "--from", "2015-02-10", "--to", "2015-03-05", kill_at="after_manifest"))
+    # 1. Killed right after the commit: the replaced run's files are still in the folders, in no snapshot.
+    killed(ingest(project, state, "--from", "2015-02-10", "--to", "2015-03-05", kill_at="after_commit"))
     during = snapshot(project, state)
     assert during.view() == clean.view()
-    (value,) = _changed(first, during)
-    assert value in ("2015-02", "2015-03")
+    assert _changed(first, during) == {"2015-02", "2015-03"}
     stray = leftovers(state, during)
-    assert set(stray) == {f"lake/{KEY}={value}", f"quarantine/{KEY}={value}"}
-    assert all(first.run_ids[value] in f for files in stray.values() for f in files)
+    assert set(stray) == {f"{area}/{KEY}={v}" for area in ("lake", "quarantine") for v in ("2015-02", "2015-03")}
+    assert all(first.run_ids[folder.split("=", 1)[1]] in f for folder, files in stray.items() for f in files)
+    assert_stock_readers_agree(during, state, quarantine=False)  # the quarantine table: until the next run
 
-    # 2. A whole-range rerun killed before the second partition's manifest: that partition has all of
-    # the new run's files but still its previous manifest, which readers keep using.
-    killed(ingest(project, state, "--from", "2015-01-01", "--to", "2015-03-31", kill_at="before_manifest:2"))
+    # 2. A whole-range rerun killed before its commit: every partition holds the new run's staged
+    # files beside the committed ones, which readers keep using (the first run's leftovers are gone:
+    # the rerun reconciled before planning).
+    killed(ingest(project, state, "--from", "2015-01-01", "--to", "2015-03-31", kill_at="before_commit"))
     again = snapshot(project, state)
     assert again.view() == clean.view()
-    (done,) = _changed(during, again)
-    run = again.run_ids[done]
+    assert _changed(during, again) == set()
     stray = leftovers(state, again)
-    uncommitted = {folder for folder, files in stray.items() if any(run in f for f in files)}
-    assert len({folder.split("=", 1)[1] for folder in uncommitted}) == 1
-    assert any(f.startswith("part-") for folder in uncommitted for f in stray[folder])
-    assert done not in {folder.split("=", 1)[1] for folder in uncommitted}
+    assert set(stray) == {f"{area}/{KEY}={v}" for area in ("lake", "quarantine") for v in MONTHS}
+    assert not any(run in f for files in stray.values() for f in files for run in again.run_ids.values())
+    assert any(f.startswith("part-") for files in stray.values() for f in files)
+    assert_stock_readers_agree(again, state)
 
     ok(ingest(project, state, "--from", "2015-01-01", "--to", "2015-03-31"))
     final = snapshot(project, state)
