@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import deltalake  # noqa: F401  (millrace commits with it)
 from apache_beam.options.pipeline_options import PipelineOptions
 from great_expectations.render.renderer import ValidationResultsPageRenderer  # noqa: F401
 from great_expectations.render.view import DefaultJinjaPageView  # noqa: F401
@@ -146,7 +147,7 @@ def run_millrace(project_dir: Path, landing: Path, state: Path, validate: bool) 
     result = ingest(load_project(project_dir), "ratings", validate=validate)
     if result.rejected:
         sys.exit(f"millrace rejected partitions: {[(r.partition, r.problem) for r in result.rejected]}")
-    return (f"{state}/lake/ratings/month=*/*.parquet", f"{state}/quarantine/ratings/month=*/*.parquet")
+    return (f"delta:{state}/lake/ratings", f"delta:{state}/quarantine/ratings")  # read as tables, as users do
 
 
 # -- engine 2: naive Beam, one dict per row ---------------------------------------------------
@@ -293,15 +294,27 @@ def write(table: pa.Table, path: str) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def outcome(good_glob: str, rejected_glob: str) -> dict:
-    """Row counts and a content fingerprint of the good rows, read back from the Parquet written."""
-    good_files, rejected_files = sorted(glob.glob(good_glob)), sorted(glob.glob(rejected_glob))
-    good = pq.read_table(good_files, columns=list(FIELDS)) if good_files else SCHEMA.empty_table()
+def _read(where: str, columns: list[str]) -> tuple[pa.Table | None, int]:
+    """(rows, files) of a glob of Parquet files, or of a Delta table's snapshot (``delta:<path>``)."""
+    if where.startswith("delta:"):
+        from deltalake import DeltaTable
+
+        table = DeltaTable(where[len("delta:"):])
+        return table.to_pyarrow_dataset().to_table(columns=columns), len(table.file_uris())
+    files = sorted(glob.glob(where))
+    return (pq.read_table(files, columns=columns) if files else None), len(files)
+
+
+def outcome(good_at: str, rejected_at: str) -> dict:
+    """Row counts and a content fingerprint of the good rows, read back from what was written."""
+    good, partitions = _read(good_at, list(FIELDS))
+    good = good if good is not None else SCHEMA.empty_table()
+    rejected, _ = _read(rejected_at, ["reason"])
     seconds = pc.divide(good["timestamp"].cast(pa.int64()), 1_000_000)  # microseconds would overflow the sum
     sums = [pc.sum(seconds if f == "timestamp" else good[f]).as_py() or 0 for f in FIELDS]
-    reasons = pq.read_table(rejected_files, columns=["reason"])["reason"] if rejected_files else pa.array([], pa.string())
+    reasons = rejected["reason"] if rejected is not None else pa.array([], pa.string())
     by_reason = dict(sorted((str(v["values"]), v["counts"]) for v in pc.value_counts(reasons).to_pylist()))
-    return {"good": good.num_rows, "rejected": len(reasons), "partitions": len(good_files),
+    return {"good": good.num_rows, "rejected": len(reasons), "partitions": partitions,
             "fingerprint": [round(s, 1) for s in sums], "by_reason": by_reason}
 
 

@@ -24,7 +24,19 @@ from millrace.contracts.arrow import arrow_schema
 from millrace.contracts.faults import checkpoint
 from millrace.contracts.model import Contract
 from millrace.pipelines import delta, lake
-from millrace.pipelines.records import PartitionManifest
+from millrace.pipelines.records import COMMITTED, STAGED, PartitionManifest, PartitionReport
+
+
+def commit_reports(lake_root: str, quarantine_root: str, source: str, contract: Contract, run_id: str,
+                   reports: list[PartitionReport]) -> tuple[list[PartitionReport], int | None]:
+    """Commit the staged partitions of ``reports`` in one commit; returns the reports (the staged
+    ones now committed) and the lake table's new version (None when nothing was staged)."""
+    staged = [r for r in reports if r.status == STAGED]
+    if not staged:
+        return reports, None
+    manifests = [PartitionManifest.from_json(lake.read_bytes(r.manifest), r.manifest) for r in staged]
+    version = commit_run(lake_root, quarantine_root, source, contract, manifests, run_id)
+    return [r.model_copy(update={"status": COMMITTED}) if r.status == STAGED else r for r in reports], version
 
 
 def commit_run(lake_root: str, quarantine_root: str, source: str, contract: Contract,
@@ -97,9 +109,12 @@ def reconcile(lake_root: str, quarantine_root: str, source: str, key: str, only:
     listed = {(c.value, name) for c in keep.values() for name in c.manifest.quarantine.files}
     stale = [f for f in active if (f.partition, f.name) not in listed and f.partition not in skip
              and (only is None or f.partition in only)]
-    missing = sorted(listed - {(f.partition, f.name) for f in active})
+    # files the committed runs list but the quarantine table lacks (a deleted table, one older
+    # than the lake's commits); files gone from the disk stay out (``read_quarantine`` reports them)
+    missing = [(value, name) for value, name in sorted(listed - {(f.partition, f.name) for f in active})
+               if lake.exists(lake.join(lake.partition_dir(quarantine_root, source, key, value), name))]
     delta.remove(q_root, key, stale, {"millrace.step": "reconcile"})
-    if missing:  # the quarantine table was deleted, or predates this lake's commits
+    if missing:
         files = [_quarantine_file(quarantine_root, source, key, keep[value].manifest, name) for value, name in missing]
         delta.append(q_root, lake.quarantine_schema(key), key, files, {"millrace.step": "reconcile"})
     for value, directory in _partition_folders(lake_root, source, key, only):

@@ -79,6 +79,7 @@ def snapshot(root: str, key: str) -> Snapshot | None:
         actions = pa.table(table.get_add_actions(flatten=True))
     except (DeltaError, OSError) as exc:
         raise TableUnreadable(str(exc)) from exc
+    _check_log(root)
     column = f"partition.{key}"
     if actions.num_rows and column not in actions.column_names:
         raise TableUnreadable(f"the table is partitioned by {table.metadata().partition_columns}, "
@@ -180,6 +181,19 @@ def _open(root: str):
         return None
     except (DeltaError, OSError) as exc:
         raise TableUnreadable(str(exc)) from exc
+
+
+def _check_log(root: str) -> None:
+    """deltalake reads an emptied commit file as a commit of nothing, so the partitions it
+    committed would silently vanish; a writer never leaves one (a commit is one put-if-absent)."""
+    if is_uri(root):
+        return
+    import os
+
+    with os.scandir(join(root, LOG)) as entries:
+        empty = sorted(e.name for e in entries if e.name.endswith(".json") and e.stat().st_size == 0)
+    if empty:
+        raise TableUnreadable(f"the commit {empty[0]} is empty")
 
 
 def _add(key: str, f: NewFile):

@@ -32,7 +32,7 @@ from millrace.pipelines.decode import DecodeUnderContract, LandingFile
 from millrace.pipelines.errors import LandingInvalid, NothingToIngest, RunFailed
 from millrace.pipelines.lock import source_lock
 from millrace.pipelines.records import (
-    COMMITTED, REJECTED, STAGED, IngestSummary, LandingProblem, PartitionManifest, PartitionReport,
+    COMMITTED, REJECTED, IngestSummary, LandingProblem, PartitionReport,
 )
 from millrace.pipelines.write import Locations, WritePartitions
 
@@ -157,7 +157,11 @@ def _ingest(project: Project, source: str, start, end, beam_args, validate: bool
     if missing:  # never commit, nor report "nothing to ingest", when some partition's outcome is unknown
         raise RunFailed(f"{source}: no report for {len(missing)} of {len(groups)} partition(s) under "
                         f"{lake.join(reports_dir, 'partitions')}, e.g. {missing[0]} (fix: rerun the ingest)")
-    result.reports, result.version = _commit(project, source, contract, run_id, reports, reports_dir)
+    result.reports, result.version = commit.commit_reports(project.lake, project.quarantine, source, contract,
+                                                           run_id, reports)
+    for r in result.reports:
+        if r.status == COMMITTED:
+            _save_report(r, reports_dir)
     result.seconds = time.time() - started
     lake.write_bytes(lake.join(reports_dir, "summary.json"), result.summary().to_json().encode())
     return result
@@ -180,23 +184,6 @@ def local_runner(options: PipelineOptions):
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
-
-
-def _commit(project: Project, source: str, contract: Contract, run_id: str, reports: list[PartitionReport],
-            reports_dir: str) -> tuple[list[PartitionReport], int | None]:
-    """Commit the staged partitions in one commit; their reports then say committed."""
-    staged = [r for r in reports if r.status == STAGED]
-    if not staged:
-        return reports, None
-    manifests = [PartitionManifest.from_json(lake.read_bytes(r.manifest), r.manifest) for r in staged]
-    version = commit.commit_run(project.lake, project.quarantine, source, contract, manifests, run_id)
-    done = []
-    for r in reports:
-        if r.status == STAGED:
-            r = r.model_copy(update={"status": COMMITTED})
-            _save_report(r, reports_dir)
-        done.append(r)
-    return done, version
 
 
 def _save_report(report: PartitionReport, reports_dir: str) -> None:

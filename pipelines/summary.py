@@ -23,7 +23,7 @@ def run_ingest_with_summary(console, project: Project, source: str, start, end, 
     if as_json:
         from millrace.pipelines.cli.common import print_json
 
-        print_json(result.summary())
+        print_json({**result.summary().model_dump(mode="json"), "table_version": result.version})
     else:
         render(console, result)
     if result.rejected:
@@ -61,6 +61,8 @@ def render(console, result) -> None:
     table.add_row("duplicate keys resolved", f"{result.total('duplicates_resolved'):,}")
     table.add_row("partitions committed", f"{len(result.committed):,}")
     table.add_row("partitions rejected", f"{len(result.rejected):,}")
+    if result.version is not None:
+        table.add_row("lake table version", f"{result.version}")
     table.add_row("throughput", f"{records / result.seconds:,.0f} records/s ({result.seconds:.1f} s)")
     console.print(table)
     if result.data_docs:

@@ -33,8 +33,9 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
     table = pa.concat_tables(tables) if tables else pa.table({})
     refs = spec.features or (spec.user.features + spec.item.features)
     views = resolve_refs(features, refs) if refs else {}
-    digest = hashlib.sha256("".join(f"{p.value}:{p.manifest.run_id}:{p.manifest.rows}" for p in parts)
-                            .encode()).hexdigest()
+    snapshot = parts[0].version if parts else None  # one read: every partition at the same table version
+    digest = hashlib.sha256((f"{source}@{snapshot};" + "".join(f"{p.value}:{p.manifest.run_id}:{p.manifest.rows}"
+                                                               for p in parts)).encode()).hexdigest()
     contracts = {source: ContractRef(id=contract.id, version=contract.version)}
     feature_views = {}
     for view in views:
@@ -49,7 +50,8 @@ def examples_and_lineage(project: Project, features: Features, models: Models, n
         source=source, uri=_uri(lake.join(project.lake, source)), rows=table.num_rows, digest=digest,
         contract=contracts[source],
         partitions=tuple(PartitionRef(value=str(p.value), run_id=p.manifest.run_id, rows=p.manifest.rows,
-                                      contract_version=p.manifest.contract.version) for p in parts))
+                                      contract_version=p.manifest.contract.version) for p in parts),
+        snapshot=snapshot)
     lineage = Lineage(examples=examples, contracts=contracts, feature_views=feature_views,
                       git_sha=git_sha(project.root))
     return table, contract.event_time, lineage

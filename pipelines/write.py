@@ -21,7 +21,7 @@ from millrace.pipelines import lake
 from millrace.contracts.faults import checkpoint
 from millrace.pipelines.decode import PROVENANCE, Decoded
 from millrace.pipelines.records import (
-    REJECTED, STAGED, ContractRef, DataFile, ExpectationsInfo, InputFile, PartitionManifest, PartitionRef,
+    COMMITTED, REJECTED, STAGED, ContractRef, DataFile, ExpectationsInfo, InputFile, PartitionManifest, PartitionRef,
     PartitionReport, QuarantineInfo,
 )
 from millrace.validation import quarantine as Q
@@ -100,8 +100,8 @@ class _WriteFn(beam.DoFn):
 
     def _flush(self):
         pending, self._pending, self._records = self._pending, [], 0
-        return write_partitions(self.contract, self.source, pending, self.where, self.run_id, self._suite) \
-            if pending else []
+        return write_partitions(self.contract, self.source, pending, self.where, self.run_id, self._suite,
+                                commit=False) if pending else []  # the driver commits the whole run
 
 
 def write_partition(contract: Contract, source: str, partition: str, decoded: list[Decoded],
@@ -111,10 +111,12 @@ def write_partition(contract: Contract, source: str, partition: str, decoded: li
 
 
 def write_partitions(contract: Contract, source: str, items: list[tuple[str, list[Decoded]]], where: Locations,
-                     run_id: str, suite=None) -> list[PartitionReport]:
-    """Resolve, check and commit several partitions, each on its own: the threshold and the
-    expectations judge each partition (the suite validates them together, ``validate_many``), and
-    each is staged on its own. Returns one report per partition, in the order given."""
+                     run_id: str, suite=None, commit: bool = True) -> list[PartitionReport]:
+    """Resolve, check and stage several partitions, each on its own: the threshold and the
+    expectations judge each partition (the suite validates them together, ``validate_many``).
+    With ``commit``, the staged partitions are then committed together (one commit, under the
+    caller's source lock); without, they wait for the caller's commit (``pipelines.commit``).
+    Returns one report per partition, in the order given."""
     started = time.time()
     if len({p for p, _ in items}) != len(items):
         raise ValueError(f"{source}: a partition given twice to one write (each must come with all its files)")
@@ -147,6 +149,10 @@ def write_partitions(contract: Contract, source: str, items: list[tuple[str, lis
             good=m.good.num_rows, quarantined=m.quarantine.num_rows, by_reason=m.by_reason,
             duplicates_resolved=m.duplicates_resolved, inputs=m.inputs, expectations=expectations,
             seconds=spent + time.time() - started, **outcome))
+    if commit:
+        from millrace.pipelines.commit import commit_reports
+
+        reports, _version = commit_reports(where.lake, where.quarantine, source, contract, run_id, reports)
     return reports
 
 

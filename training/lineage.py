@@ -10,7 +10,7 @@ from pydantic import Field
 
 from millrace.training.bundle import BundleRecord
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: examples.snapshot (the lake table's version read)
 FILE = "lineage.json"
 
 
@@ -30,9 +30,11 @@ class ExamplesLineage(BundleRecord):
     source: str
     uri: str
     rows: int
-    digest: str = Field(description="Over the partition manifests the examples came from.")
+    digest: str = Field(description="Over the lake table's snapshot id and the partitions' runs.")
     contract: ContractRef
     partitions: tuple[PartitionRef, ...] = ()
+    snapshot: Optional[int] = Field(None, description="The lake table's version the examples were read at "
+                                                      "(none in format 1).")
 
 
 class FeatureViewLineage(BundleRecord):
@@ -45,7 +47,7 @@ class FeatureViewLineage(BundleRecord):
 
 
 class Lineage(BundleRecord):
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     examples: ExamplesLineage
     contracts: dict[str, ContractRef] = Field(default_factory=dict)
     feature_views: dict[str, FeatureViewLineage] = Field(default_factory=dict)

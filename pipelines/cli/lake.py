@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True, help="Look at the lake and its quarantin
 @app.command("ls")
 def ls(source: str = typer.Option(..., "--source", "-s", help="Source name."),
        as_json: bool = common.json_option()):
-    """List committed partitions with their row and quarantine counts."""
+    """List the committed partitions (the lake table's current snapshot) with their row and quarantine counts."""
     from millrace.pipelines import lake
 
     project = common.project()
@@ -22,13 +22,15 @@ def ls(source: str = typer.Option(..., "--source", "-s", help="Source name."),
     if as_json:
         common.print_json({"source": source, "key": contract.partitioning.key,
                            "partitions": [{"value": p.value, **p.manifest.model_dump(mode="json")} for p in parts],
-                           "rows": sum(p.manifest.rows for p in parts)})
+                           "rows": sum(p.manifest.rows for p in parts),
+                           "table_version": parts[0].version if parts else None})
         return
     for p in parts:
         m = p.manifest
         typer.echo(f"{contract.partitioning.key}={p.value}  rows={m.rows:>7,}  quarantined={m.quarantine.rows:>5,}"
                    f"  contract={m.contract.version}  run={m.run_id}")
-    typer.echo(f"{len(parts)} committed partitions, {sum(p.manifest.rows for p in parts):,} rows")
+    version = f" (table version {parts[0].version})" if parts else ""
+    typer.echo(f"{len(parts)} committed partitions, {sum(p.manifest.rows for p in parts):,} rows{version}")
 
 
 @app.command("quarantine")

@@ -42,7 +42,7 @@ def _dir(project, value: str) -> str:
 
 
 def _manifest(project, value="2009-12") -> str:
-    return os.path.join(_dir(project, value), lake.MANIFEST)
+    return os.path.join(_dir(project, value), lake.manifest_name("run1"))
 
 
 def _data(project, value="2009-12") -> str:
@@ -124,6 +124,28 @@ def test_lake_ls_on_a_corrupt_manifest_is_one_line_and_exit_2(committed, project
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {_manifest(committed)}: not a valid PartitionManifest")
+
+
+def test_a_missing_manifest_of_a_committed_run_names_it(committed):
+    os.remove(_manifest(committed))
+    with pytest.raises(CorruptFile) as info:
+        _read(committed)
+    assert str(info.value).startswith(f"{_manifest(committed)}: is missing") and FIX in str(info.value)
+    assert {f.partition for f in plan(committed, "ratings").files} == {"2009-12"}  # plain ingest rebuilds it
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"{not json\n"])
+def test_a_damaged_table_log_is_one_line_naming_the_log(committed, damage):
+    log = os.path.join(committed.lake, "ratings", "_delta_log")
+    newest = max(f for f in os.listdir(log) if f.endswith(".json"))
+    path = os.path.join(log, newest)
+    data = open(path, "rb").read()
+    open(path, "wb").write(damage(data))
+    with pytest.raises(CorruptFile) as info:
+        _read(committed)
+    message = str(info.value)
+    assert message.startswith(f"{log}: the table cannot be read") and "\n" not in message
+    assert info.value.exit_code == 2
 
 
 def test_quarantine_of_a_source_with_nothing_committed_is_empty_with_its_schema(tmp_path):

@@ -10,8 +10,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from millrace.contracts.loader import load_contract
-from millrace.pipelines import lake
+from millrace.pipelines import commit, lake
 from millrace.pipelines.decode import DecodeUnderContract, LandingFile, decode_file
+from millrace.pipelines.records import STAGED
 from millrace.pipelines.write import COMMITTED, REJECTED, Locations, WritePartitions, resolve_duplicates, write_partition
 from tests.conftest import EXAMPLE
 
@@ -36,7 +37,7 @@ def test_decode_under_contract(tmp_path):
         assert_that(out, equal_to([("2009-12", 1, ["type_mismatch"]), ("2010-01", 1, [])]))
 
 
-def test_write_partitions_commits_and_resolves_duplicates(tmp_path):
+def test_write_partitions_stages_for_the_runs_commit_and_resolves_duplicates(tmp_path):
     day1 = _landing(tmp_path, "2009-12-14", HEADER + "1,2,4.0,1260759144\n1,3,4.0,1260759144\n")
     # the same key a day later: the later event wins, the earlier one goes to quarantine
     day2 = _landing(tmp_path, "2009-12-15", HEADER + "1,2,2.0,1260845544\n")
@@ -46,7 +47,12 @@ def test_write_partitions_commits_and_resolves_duplicates(tmp_path):
     with TestPipeline() as p:
         reports = (p | beam.Create([("2009-12", decoded)]) | WritePartitions(RATINGS, "ratings", where, "run")
                    | beam.Map(lambda r: (r.partition, r.status, r.good, r.by_reason)))
-        assert_that(reports, equal_to([("2009-12", COMMITTED, 2, {"duplicate_key": 1})]))
+        assert_that(reports, equal_to([("2009-12", STAGED, 2, {"duplicate_key": 1})]))
+    # staged: written under the run id, in no snapshot until the driver commits the run
+    assert lake.committed_partitions(where.lake, "ratings", "month") == []
+    staged = lake.read_manifest(lake.partition_dir(where.lake, "ratings", "month", "2009-12"), "run")
+    version = commit.commit_run(where.lake, where.quarantine, "ratings", RATINGS, [staged], "run")
+    assert version == 0 and [c.value for c in lake.committed_partitions(where.lake, "ratings", "month")] == ["2009-12"]
     table = lake.read_source(where.lake, "ratings", "month")
     assert sorted(zip(table["movieId"].to_pylist(), table["rating"].to_pylist())) == [(2, 2.0), (3, 4.0)]
     q = lake.read_quarantine(where.quarantine, where.lake, "ratings", "month").to_pylist()

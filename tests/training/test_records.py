@@ -37,20 +37,27 @@ def manifest_v2() -> Manifest:
                     created_at="2026-12-02T01:00:00+00:00", parts={"user_encoder": part})
 
 
-def lineage_v1() -> Lineage:
+def lineage_v2() -> Lineage:
     ref = ContractRef(id="ratings", version="1.0.0")
     partitions = (PartitionRef(value="2020-01-01", run_id="run-1", rows=20, contract_version="1.0.0"),
                   PartitionRef(value="2020-01-02", run_id="run-1", rows=21, contract_version=None))
     view = FeatureViewLineage(uri="file:///offline/user_activity/data.parquet", sha256="d" * 64, run_id="build-7",
                               rows=40, built_at="2026-12-01T00:00:00+00:00", features_yaml_sha256="e" * 64)
     return Lineage(examples=ExamplesLineage(source="ratings", uri="file:///lake/ratings", rows=2400, digest="c" * 64,
-                                            contract=ref, partitions=partitions),
+                                            contract=ref, partitions=partitions, snapshot=7),
                    contracts={"ratings": ref, "movies": ContractRef(id="movies", version="2.1.0")},
                    feature_views={"user_activity": view}, git_sha="0123abc+dirty")
 
 
 RECORDS = [(Manifest, bundle.FORMAT_VERSION, "bundle_manifest", manifest_v2),
-           (Lineage, lineage.FORMAT_VERSION, "lineage", lineage_v1)]
+           (Lineage, lineage.FORMAT_VERSION, "lineage", lineage_v2)]
+
+
+def test_a_v1_lineage_still_reads_without_a_snapshot():
+    path = GOLDEN_TRAINING / "lineage.v1.json"
+    old = Lineage.from_json(path.read_text(), str(path))
+    assert old.format_version == 1 and old.examples.snapshot is None
+    assert old.examples == lineage_v2().examples.model_copy(update={"snapshot": None})
 
 
 @pytest.mark.parametrize("cls, version, stem, make", RECORDS, ids=[r[2] for r in RECORDS])
@@ -116,7 +123,7 @@ BAD = [  # (record, path to edit, new value, words the one-line error must conta
 
 @pytest.mark.parametrize("which, path, value, words", BAD, ids=[".".join(map(str, b[1])) for b in BAD])
 def test_a_wrong_field_is_one_line_naming_it(which, path, value, words):
-    cls, make = (Manifest, manifest_v2) if which == "manifest" else (Lineage, lineage_v1)
+    cls, make = (Manifest, manifest_v2) if which == "manifest" else (Lineage, lineage_v2)
     data = json.loads(make().to_json())
     _edit(data, path, value)
     with pytest.raises(MillraceError) as exc:
