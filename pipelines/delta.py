@@ -83,7 +83,7 @@ def snapshot(root: str, key: str) -> Snapshot | None:
     column = f"partition.{key}"
     if actions.num_rows and column not in actions.column_names:
         raise TableUnreadable(f"the table is partitioned by {table.metadata().partition_columns}, "
-                         f"not by {key!r} as the contract says")
+                              f"not by {key!r} as the contract says")
     files = [ActiveFile(path=p, partition=v, size=s) for p, v, s in
              zip(actions.column("path").to_pylist(), actions.column(column).to_pylist() if actions.num_rows else [],
                  actions.column("size_bytes").to_pylist())]
@@ -97,9 +97,8 @@ def version(root: str) -> int | None:
 
 
 def table_schema(data: pa.Schema, key: str) -> pa.Schema:
-    """The Delta schema: the stored columns, then the partition column (a string, kept out of the files)."""
-    if key in data.names:
-        raise ValueError(f"the partition key {key!r} is also a stored column; rename one of them")
+    """The Delta schema: the stored columns, then the partition column (a string, kept out of the
+    files). The contract loader refuses a partition key that is also a field."""
     return pa.schema(list(data) + [pa.field(key, pa.string(), nullable=False)])
 
 
@@ -128,7 +127,7 @@ def replace_partitions(root: str, schema: pa.Schema, key: str, files: list[NewFi
                                       partition_by=[key], commit_properties=commit)
         table.update_incremental()
         return table.version()
-    if added:  # new nullable columns: older files read them as nulls
+    if added:  # new nullable columns, which older files read as nulls; a commit of its own, harmless alone
         table.alter.add_columns(_delta_schema(pa.schema(added)).fields)
     filters = [(key, "in", sorted(set(replaced)))] if replaced else None
     table.create_write_transaction(adds, mode="overwrite" if filters else "append", schema=_delta_schema(schema),

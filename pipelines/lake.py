@@ -164,6 +164,11 @@ def lake_schema(data: pa.Schema, key: str) -> pa.Schema:
 
 
 def quarantine_schema(key: str) -> pa.Schema:
+    if key in QUARANTINE_SCHEMA.names:  # the quarantine table is partitioned by the same key
+        from millrace.contracts.errors import MillraceError
+
+        raise MillraceError(f"the partition key {key!r} is also a column of the quarantine table "
+                            f"({', '.join(QUARANTINE_SCHEMA.names)}) (fix: choose another customProperties.partitionKey)")
     return delta.table_schema(QUARANTINE_SCHEMA, key)
 
 

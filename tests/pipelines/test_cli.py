@@ -75,8 +75,12 @@ def test_ingest_date_rebuilds_one_partition_without_duplicates(nightly_copy):
     assert "partitions committed" in out
     after = run(["lake", "ls", "--source", "ratings"], state, **env).stdout
     rows = lambda text: [line.split("run=")[0] for line in text.splitlines()]  # noqa: E731
-    assert rows(before) == rows(after)
-    assert "month=2016-10" in after
+    *parts_before, total_before = rows(before)
+    *parts_after, total_after = rows(after)
+    assert parts_before == parts_after and "month=2016-10" in after
+    version = lambda total: int(total.rsplit("table version ", 1)[1].rstrip(")"))  # noqa: E731
+    assert total_before.split(" (")[0] == total_after.split(" (")[0]
+    assert version(total_after) == version(total_before) + 1, "one commit for the rebuilt partition"
 
 
 @pytest.mark.slow

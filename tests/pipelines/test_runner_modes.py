@@ -85,7 +85,7 @@ def read_lake(project: Path, state: Path) -> dict:
     stats = {}
     for c in committed:
         m = c.manifest
-        listed = {f.name for f in m.files} | {lake.MANIFEST}
+        listed = {f.name for f in m.files} | {lake.manifest_name(m.run_id)}
         if m.expectations:
             listed.add(m.expectations.results)
         assert set(os.listdir(c.directory)) == listed, f"stray or missing files in {c.directory}"
@@ -93,7 +93,7 @@ def read_lake(project: Path, state: Path) -> dict:
         stats[c.value] = (m.rows, m.quarantine.rows, m.quarantine.by_reason, m.duplicates_resolved,
                           sorted(posixpath.basename(i.path) for i in m.inputs),
                           (m.expectations.success if m.expectations else None))
-    assert sorted(os.listdir(state / "lake" / SOURCE)) == [f"{KEY}={c.value}" for c in committed]
+    assert sorted(os.listdir(state / "lake" / SOURCE)) == ["_delta_log"] + [f"{KEY}={c.value}" for c in committed]
     return {"rows": {p: sorted(r) for p, r in rows.items()}, "quarantine": quarantine, "stats": stats}
 
 
