@@ -158,12 +158,6 @@ def remove(root: str, key: str, files: list[ActiveFile], properties: dict[str, s
     return table.version()
 
 
-def history(root: str, limit: int | None = None) -> list[dict]:
-    """The commits of the table, newest first (version, time, operation and millrace's properties)."""
-    table = _open(root)
-    return [] if table is None else table.history(limit)
-
-
 # -- internals ------------------------------------------------------------------------------------
 
 def _open(root: str):

@@ -95,11 +95,6 @@ def read_manifest(directory: str, run_id: str, source: str = "") -> PartitionMan
                           "rebuilds it)") from None
 
 
-def table_version(lake: str, source: str) -> int | None:
-    """The current snapshot id of a source's table; None before its first commit."""
-    return delta.version(join(lake, source))
-
-
 def scan_partitions(lake: str, source: str, key: str) -> tuple[list[Committed], list[Unreadable]]:
     """The partitions of the current snapshot, and those whose manifest is missing or corrupt."""
     snap = _snapshot(lake, source, key)
