@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 
 from millrace.contracts.arrow import is_stringish
 from millrace.training.errors import TrainingError
+from millrace.training.feeds import PAD_INT, floats, list_positions, raw_column
 
 MISSING, UNSEEN, FIRST = 0, 1, 2
-PAD_INT = -(2**63)  # pads integer lists (and marks a missing integer); never a vocabulary entry
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def fit_inputs(table: pa.Table, columns: list[str], max_vocabulary: int) -> list
 def _fit(name: str, column: pa.ChunkedArray, max_vocabulary: int) -> InputSpec:
     t = column.type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
-        values = _floats(column)
+        values = floats(column)
         ok = values[~np.isnan(values)]
         mean = float(ok.mean()) if ok.size else 0.0
         std = float(ok.std()) if ok.size else 1.0
@@ -108,7 +108,7 @@ def encode(table: pa.Table, specs: list[InputSpec]) -> Encoded:
     for spec in specs:
         column = table.column(spec.name)
         if spec.kind == "numeric":
-            values = _floats(column).astype(np.float32)
+            values = floats(column).astype(np.float32)
             raw[spec.name] = values
             indexed.append(values)
         elif spec.kind == "categorical":
@@ -120,11 +120,6 @@ def encode(table: pa.Table, specs: list[InputSpec]) -> Encoded:
             raw[spec.name] = values
             indexed.append(idx)
     return Encoded(raw, indexed, table.num_rows)
-
-
-def _floats(column) -> np.ndarray:
-    arr = _whole(column)
-    return pc.fill_null(pc.cast(arr, pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
 
 
 def _whole(column) -> pa.Array:
@@ -146,27 +141,14 @@ def _categorical(column: pa.ChunkedArray, spec: InputSpec) -> tuple[np.ndarray, 
         column = pc.cast(column, pa.int64())
         if column.null_count:
             raise TrainingError(f"key '{spec.name}' has null values (fix: drop those examples)")
-        return column.to_numpy().astype(np.int64), _indices(column, spec)
-    column = pc.cast(column, pa.string())
-    raw = pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(object, copy=False)
-    return raw, _indices(column, spec)
+        return raw_column(column, spec.kind, spec.dtype), _indices(column, spec)
+    return raw_column(column, spec.kind, spec.dtype), _indices(pc.cast(column, pa.string()), spec)
 
 
 def _multi(column: pa.ChunkedArray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     column = column.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
-    text = spec.dtype == "string"
-    flat = pc.cast(pc.list_flatten(column), pa.string() if text else pa.int64())
-    width = max(1, int(lengths.max()) if len(lengths) else 1)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    cols = np.arange(len(flat)) - starts
-    raw = np.full((len(lengths), width), "" if text else PAD_INT, dtype=object if text else np.int64)
+    rows, cols, lengths, width = list_positions(column)
+    flat = pc.cast(pc.list_flatten(column), pa.string() if spec.dtype == "string" else pa.int64())
     idx = np.zeros((len(lengths), width), dtype=np.int64)
-    if text:
-        raw[rows, cols] = pc.fill_null(flat, "").to_numpy(zero_copy_only=False)
-    else:
-        raw[rows, cols] = pc.fill_null(flat, PAD_INT).to_numpy()
     idx[rows, cols] = _indices(flat, spec)
-    return raw, idx
-
+    return raw_column(column, spec.kind, spec.dtype), idx

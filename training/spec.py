@@ -5,6 +5,7 @@ Checked against the contracts (examples source, label column, keys) and features
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +89,29 @@ class Quantization(_Frozen):
     calibration_examples: int = Field(2048, ge=16, description="static: examples used to calibrate.")
 
 
+class Recall(_Frozen):
+    k: int | None = Field(None, ge=1, le=1000, description="recall@k of the gate; default: the k of the primary "
+                                                           "metric (recall_at_10: 10), else 10.")
+    min: float = Field(0.95, gt=0, le=1, description="Smallest recall@k, against exact search on the holdout "
+                                                     "users' embeddings, a build must reach to be stored.")
+    queries: int = Field(2000, ge=10, le=1_000_000, description="Holdout users the gate searches for (at most; "
+                                                                "the gate costs one exact search per query).")
+
+
+class IndexSpec(_Frozen):
+    factory: str = Field("auto", description="FAISS index factory string ('Flat', 'IVF1024,Flat', "
+                                             "'IVF4096,PQ32', 'HNSW32'), or 'auto': chosen by catalogue size "
+                                             "(see docs/indexing.md).")
+    exact_up_to: int = Field(100_000, ge=0, description="auto: catalogues up to this many items get an exact "
+                                                        "(Flat) index.")
+    compress_above: int = Field(5_000_000, ge=0, description="auto: catalogues above this many items get IVF-PQ "
+                                                             "(compressed codes) instead of IVF-Flat.")
+    train_sample: int = Field(262_144, ge=1_000, description="Most vectors sampled to train IVF centroids and PQ "
+                                                             "codebooks.")
+    batch: int = Field(4096, ge=1, le=1 << 20, description="Items embedded per onnxruntime call.")
+    recall: Recall = Field(default_factory=Recall, description="The recall gate.")
+
+
 class ModelSpec(_Frozen):
     family: Literal["two_tower", "tabular"] = Field(description="two_tower retrieval or tabular MLP.")
     task: Literal["classification", "regression"] = Field("classification", description="tabular: what to predict.")
@@ -103,6 +127,8 @@ class ModelSpec(_Frozen):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training settings.")
     gates: Gates = Field(default_factory=Gates, description="What a version must reach to become champion.")
     quantization: Quantization = Field(default_factory=Quantization, description="INT8 settings.")
+    index: IndexSpec = Field(default_factory=IndexSpec, description="two_tower: the FAISS index of the item "
+                                                                    "catalogue (`millrace index`).")
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -111,6 +137,12 @@ class ModelSpec(_Frozen):
     @property
     def primary(self) -> str:
         return self.gates.primary or self.metrics[0]
+
+    @property
+    def recall_k(self) -> int:
+        """k of the index's recall gate: its own, else the primary metric's (recall_at_10: 10), else 10."""
+        found = re.fullmatch(r"(?:recall|ndcg)_at_(\d+)", self.primary)
+        return self.index.recall.k or (int(found.group(1)) if found else 10)
 
 
 class ModelsFile(_Frozen):
