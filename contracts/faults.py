@@ -32,7 +32,11 @@ TRAINING_POINTS = (            # training (training/)
 NIGHTLY_POINTS = (             # the nightly chain (pipelines/nightly.py)
     "before_training",         # features rebuilt and materialized, models not yet trained
 )
-POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS + NIGHTLY_POINTS
+RELEASE_POINTS = (             # releases (indexing/release.py)
+    "after_release_written",   # a release folder complete under its id, the pointer not yet moved
+    "after_pointer_swap",      # the pointer moved, its log line written
+)
+POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS + NIGHTLY_POINTS + RELEASE_POINTS
 _seen: dict[str, int] = {}
 
 

@@ -38,3 +38,11 @@ class ReleaseRefused(IndexingError):
 
 class ReleaseError(IndexingError):
     """A release or the release pointer is unknown, corrupt or incomplete."""
+
+
+class ReleaseCorrupt(ReleaseError):
+    """A release record (release.json, the pointer) is truncated, altered or of another shape."""
+
+    def __init__(self, file, problem: str, fix: str = ""):
+        self.file = str(file)
+        super().__init__(f"{file}: {problem}" + (f" (fix: {fix})" if fix else ""))

@@ -217,13 +217,17 @@ def _checked(folder: str, name: str, field: str, size: int, digest: str, limit: 
 
 
 def _bounded(path: str, limit: int) -> bytes:
+    """The file's bytes, refused before reading when it is over ``limit`` (and if it grows meanwhile)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise IndexCorrupt(path, f"is {size:,} bytes, over the bound of {limit:,}")
+            data = f.read(size + 1)
     except OSError as exc:
         raise IndexCorrupt(path, f"cannot be read ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise IndexCorrupt(path, f"is over the bound of {limit:,} bytes")
+    if len(data) > size:
+        raise IndexCorrupt(path, "changed while it was read")
     return data
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from millrace.pipelines.cli import common, contracts, example, features, ingest, lake, models, nightly, train
+from millrace.pipelines.cli import (common, contracts, example, features, index, ingest, lake, models, nightly, release,
+                                   train)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="millrace: contracts, ingestion, validation, features and models for AI backends.")
@@ -40,6 +41,8 @@ app.add_typer(lake.app, name="lake")
 app.add_typer(features.app, name="features")
 app.add_typer(train.app)
 app.add_typer(models.app, name="models")
+app.add_typer(index.app)
+app.add_typer(release.app, name="release")
 
 
 def main() -> None:

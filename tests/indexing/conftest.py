@@ -13,7 +13,7 @@ from tests.training.conftest import Tiny, TINY_MODELS, build_offline, synthetic 
 @pytest.fixture(scope="session")
 def trained_tiny_state(tmp_path_factory) -> tuple[Path, Path]:
     """(project folder, state folder) of a tiny project whose ``retrieval`` and ``likes`` are
-    trained once per session (both champion v1). Read it; ``indexed_tiny`` copies it for a test."""
+    trained once per session (each champion v1), and ``stars``. Read it; ``indexed_tiny`` copies it for a test."""
     import os
 
     import yaml
@@ -30,7 +30,7 @@ def trained_tiny_state(tmp_path_factory) -> tuple[Path, Path]:
         ratings, movies = synthetic()
         tiny = Tiny(project, ratings, movies)
         build_offline(tiny.project, tiny.features, ratings, movies)
-        for name in ("retrieval", "likes"):
+        for name in ("retrieval", "likes", "stars"):
             tiny.train(name)
     finally:
         for k, v in old.items():
