@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from millrace.contracts.errors import ContractError
 from millrace.contracts.names import check_inside
 from millrace.contracts.records import Record
 from millrace.indexing.errors import EncoderMismatch, IndexCorrupt
@@ -103,7 +104,7 @@ class LoadedIndex:
 
 def new_build_id(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
-    return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+    return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"  # microseconds: two builds a second still sort
 
 
 def version_folder(root: str, registered_name: str, version: str) -> str:
@@ -116,6 +117,9 @@ def write(root: str, index, ids: pa.Array, fields: dict) -> tuple[str, IndexMani
     import faiss
 
     encoder: EncoderRef = fields["encoder"]
+    if not (index.ntotal == len(ids) == fields["items"]) or index.d != fields["dim"]:
+        raise ValueError(f"an index of {index.ntotal} vectors of dimension {index.d}, {len(ids)} ids, described as "
+                         f"{fields['items']} of {fields['dim']}: refusing to store it")
     parent = version_folder(root, encoder.registered_name, encoder.version)
     final = os.path.join(parent, fields["build_id"])
     tmp = os.path.join(parent, f".tmp-{fields['build_id']}")
@@ -153,7 +157,8 @@ def load(folder: str, expected: EncoderRef | None = None, *, max_bytes: int | No
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
-        raise IndexCorrupt(where, f"FAISS cannot read it ({str(exc).splitlines()[-1][:160]})") from None
+        reason = str(exc).strip().splitlines()[-1].split("Error: ", 1)[-1][:160]  # past FAISS's C++ location
+        raise IndexCorrupt(where, f"FAISS cannot read it ({reason})") from None
     if index.ntotal != manifest.items or index.d != manifest.dim:
         raise IndexCorrupt(where, f"holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
                                   f"{manifest.items} of {manifest.dim}")
@@ -200,7 +205,10 @@ def _checked(folder: str, name: str, field: str, size: int, digest: str, limit: 
     where = os.path.join(folder, MANIFEST)
     if not name or os.path.basename(name) != name or name in (".", ".."):
         raise IndexCorrupt(where, f"{field}: bad file name {name!r} (an index names files inside its folder only)")
-    path = check_inside(folder, name, where, field)
+    try:
+        path = check_inside(folder, name, where, field)
+    except ContractError:
+        raise IndexCorrupt(where, f"{field}: {name!r} leads outside the index folder") from None
     if size > limit:
         raise IndexCorrupt(path, f"the manifest says {size:,} bytes, over the bound of {limit:,} "
                                  f"(fix: raise MILLRACE_MAX_INDEX_BYTES if this index is genuine)")

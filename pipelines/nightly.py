@@ -109,12 +109,19 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
     if has_features:
         pending = _features(console, project, beam_args, pending, tuple(models))
         checkpoint("before_training")
+        failed = []
         if models and train is not False:
-            _models(console, project, pending, models, always=bool(train))
+            failed = _models(console, project, pending, models, always=bool(train))
         elif pending.train:
             console.print(f"  models: not training (--no-train); still owed: {', '.join(pending.train)}")
+        current = _release(console, project, models) if models else None
+        if failed:
+            raise RunFailed("training failed: " + "; ".join(failed))
+    else:
+        current = None
+    release = f", release {current} current (millrace release show)" if current else ""
     console.print(f"nightly done: lake at {project.lake}, data docs at {project.state_dir}/data_docs, "
-                  f"Feast repository at {project.state_dir}/feast")
+                  f"Feast repository at {project.state_dir}/feast{release}")
     return results
 
 
@@ -125,7 +132,8 @@ def _model_names(project: Project) -> list[str]:
     return list(load_models(project, load_features(project)).names)
 
 
-def _models(console, project: Project, pending: Pending, names: list[str], always: bool) -> None:
+def _models(console, project: Project, pending: Pending, names: list[str], always: bool) -> list[str]:
+    """Train what is owed (or everything, ``always``); returns the failures, one line each."""
     from millrace.pipelines.train import train_with_summary
     from millrace.training import registry
     from millrace.training.errors import TrainingError, UnknownModel
@@ -143,7 +151,7 @@ def _models(console, project: Project, pending: Pending, names: list[str], alway
     owed = [n for n in names if n in owed]  # the order of models.yaml
     if not owed:
         console.print("  models: nothing new to train on (use --train to retrain anyway)")
-        return
+        return []
     if pending.train and not always:
         console.print(f"  models: owed since {pending.since} ({'; '.join(pending.reasons) or 'first training'}): "
                       f"{', '.join(n for n in owed if n in pending.train)}")
@@ -159,8 +167,64 @@ def _models(console, project: Project, pending: Pending, names: list[str], alway
             continue
         pending = _settled(replace(pending, train=tuple(n for n in pending.train if n != name)))
         write_pending(project, pending)
-    if failures:
-        raise RunFailed("training failed: " + "; ".join(failures))
+    return failures
+
+
+def _release(console, project: Project, names: list[str]) -> str | None:
+    """Index every retrieval champion that has no index yet, then release the champions unless the
+    current release already holds exactly them and their indexes. Returns the current release id.
+    Idempotent: a nightly killed after training releases on its next run."""
+    from millrace.features.spec import load_features
+    from millrace.indexing.errors import IndexingError
+    from millrace.indexing.release import current, read
+    from millrace.pipelines.index import index_with_summary, latest_index
+    from millrace.pipelines.release import create, release_root
+    from millrace.training import registry
+    from millrace.training.errors import UnknownModel
+    from millrace.training.spec import load_models
+
+    models = load_models(project, load_features(project))
+    client = registry.connect(project)
+    champions = {}
+    for name in names:
+        reg = registry.registered_name(project, name)
+        try:
+            registry.versions(client, reg)
+        except UnknownModel:
+            console.print(f"  release: {name} left out (not trained yet)")
+            continue
+        version = registry.alias_target(client, reg, registry.CHAMPION)
+        if version is None:
+            console.print(f"  release: {name} left out (no version has passed its gates: no champion)")
+            continue
+        champions[name] = version
+    if not champions:
+        console.print("  release: none (no model has a champion yet)")
+        return None
+    indexes = {}
+    for name, version in champions.items():
+        if models.get(name).family != "two_tower":
+            continue
+        reg = registry.registered_name(project, name)
+        folder = latest_index(project, reg, version)
+        if folder is None:
+            try:
+                folder = index_with_summary(console, project, name, version=version).folder
+            except IndexingError as exc:
+                raise RunFailed(f"index of {reg} v{version}: {exc}; the current release stays") from None
+        indexes[name] = os.path.basename(folder)
+    root = release_root(project)
+    pointer = current(root)
+    if pointer is not None:
+        held = read(root, pointer.release)
+        if {n: m.version for n, m in held.models.items()} == champions and \
+                {n: i.build_id for n, i in held.indexes.items()} == indexes:
+            console.print(f"  release {held.id} is current (its champions and indexes are unchanged)")
+            return held.id
+    made = create(project, list(champions))
+    what = ", ".join(f"{n} v{v}" for n, v in champions.items())
+    console.print(f"  release {made.id} is current: {what}")
+    return made.id
 
 
 def _features(console, project: Project, beam_args: list[str], pending: Pending, models: tuple[str, ...]) -> Pending:

@@ -9,6 +9,7 @@ its folder, so the inference tier needs neither MLflow nor the state it came fro
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import shutil
@@ -29,8 +30,7 @@ def release_root(project: Project) -> str:
 def create(project: Project, names: list[str] | None = None, say=lambda text: None) -> releases.Release:
     """Release the champions of ``names`` (default: every model of models.yaml)."""
     from millrace.features.spec import load_features
-    from millrace.features.training_set import resolve_refs
-    from millrace.indexing.manifest import read_manifest as read_index
+    from millrace.indexing.manifest import MANIFEST, IndexManifest, check_binding
     from millrace.pipelines.index import latest_index
     from millrace.pipelines.train import git_sha
     from millrace.training import registry
@@ -68,24 +68,20 @@ def create(project: Project, names: list[str] | None = None, say=lambda text: No
                 if index_folder is None:
                     raise ReleaseRefused(f"{reg} version {version} (champion) has no index that passed its recall gate "
                                          f"(fix: `millrace index --model {name}`, then release again)")
-                from millrace.indexing.manifest import load
-
-                load(index_folder, releases.served_encoder(ref, bundle_manifest))  # the binding, before staging
-                manifest = read_index(index_folder)
-                with open(os.path.join(index_folder, "index.json"), "rb") as f:
-                    index_refs[name] = releases.index_ref(name, f"indexes/{name}", manifest, f.read())
+                path = os.path.join(index_folder, MANIFEST)
+                with open(path, "rb") as f:
+                    data = f.read()
+                manifest = IndexManifest.from_json(data, path)
+                # the binding now, before anything is staged; every file is verified at commit
+                check_binding(index_folder, manifest.encoder, releases.served_encoder(ref, bundle_manifest))
+                index_refs[name] = releases.index_ref(name, f"indexes/{name}", manifest, data)
             refs[name] = ref
             staged[name] = (bundle, index_folder)
-            refs_of = spec.features or (spec.user.features + spec.item.features +
-                                        ([spec.user.history] if spec.user.history else []))
             sources.add(spec.examples.source)
-            for view in resolve_refs(features, refs_of) if refs_of else {}:
-                sources.add(features.view(view).source)
+            sources.update(features.view(view).source for view in _views(features, spec))
         views = _feature_views(project, features, models, names)
         contracts = {s: releases.ContractRef(id=project.contract(s).id, version=project.contract(s).version)
                      for s in sorted(sources)}
-        import datetime as dt
-
         document = releases.Release(
             id=release_id, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             created_by=registry.actor(), project=project.name, git_sha=git_sha(project.root), models=refs,
@@ -110,14 +106,10 @@ def create(project: Project, names: list[str] | None = None, say=lambda text: No
 def _feature_views(project: Project, features, models, names: list[str]) -> dict:
     """The offline build of every view the models read, and what the online store last got from it."""
     from millrace.features import offline
-    from millrace.features.training_set import resolve_refs
 
     views = {}
     for name in names:
-        spec = models.get(name)
-        refs = spec.features or (spec.user.features + spec.item.features +
-                                 ([spec.user.history] if spec.user.history else []))
-        for view in resolve_refs(features, refs) if refs else {}:
+        for view in _views(features, models.get(name)):
             manifest = offline.read_manifest(project.offline, view)
             if manifest is None:
                 raise ReleaseRefused(f"feature view '{view}' has no offline build (fix: `millrace features build`)")
@@ -125,6 +117,14 @@ def _feature_views(project: Project, features, models, names: list[str]) -> dict
             views[view] = releases.FeatureViewRef(sha256=manifest.sha256, run_id=manifest.run_id, rows=manifest.rows,
                                                   built_at=manifest.built_at, online_store=store, materialized_at=at)
     return dict(sorted(views.items()))
+
+
+def _views(features, spec) -> list[str]:
+    """The feature views a model reads (either tower's, and the user history's)."""
+    from millrace.features.training_set import resolve_refs
+
+    refs = spec.features or (spec.user.features + spec.item.features + ([spec.user.history] if spec.user.history else []))
+    return list(resolve_refs(features, refs)) if refs else []
 
 
 def _materialized(project: Project, view: str) -> tuple[str, str]:
