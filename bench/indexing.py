@@ -7,7 +7,7 @@
 
 Mode ``build``: seeded clustered float32 vectors (gaussian centres + noise, unit length, so inner
 product is cosine) and queries drawn the same way. For IVF-Flat (``IVF{nlist_for(n)},Flat``), IVF-PQ
-(``IVF{nlist},PQ{dim/4}``) and the ``,Refine(SQ8)`` variant ``factory.choose`` gives large
+(``IVF{nlist},PQ{dim/4}np``) and the ``,Refine(SQ8)`` variant ``factory.choose`` gives large
 catalogues: ``build.build`` vs a direct faiss script doing the same build (index_factory with inner
 product, trained on the same sample drawn the same way, filled in the same batches), alternated
 ``--repeats`` times so load swings hit both; overhead = median(millrace) / median(direct) - 1,
@@ -152,8 +152,8 @@ def build_mode(args) -> list[tuple]:
     print(f"data: {n:,} x {dim} clustered unit vectors ({args.clusters:,} centres, noise {args.noise}), "
           f"{len(queries):,} queries, {time.perf_counter() - started:.1f} s; vectors {mib(base.nbytes)}", flush=True)
     nlist, m = factory.nlist_for(n), factory.pq_subquantizers(dim)
-    variants = {"IVF-Flat": f"IVF{nlist},Flat", "IVF-PQ": f"IVF{nlist},PQ{m}",
-                "IVF-PQ+Refine": f"IVF{nlist},PQ{m},Refine(SQ8)"}
+    variants = {"IVF-Flat": f"IVF{nlist},Flat", "IVF-PQ": f"IVF{nlist},PQ{m}np",
+                "IVF-PQ+Refine": f"IVF{nlist},PQ{m}np,Refine(SQ8)"}
     variants = {name: variants[name] for name in args.variants.split(",")}
     started = time.perf_counter()
     kth = build.exact_top(base, queries, K)[:, K - 1]
@@ -326,7 +326,7 @@ def main() -> None:
                     "lists, so a cluster spans several lists and recall grows with nprobe)")
     ap.add_argument("--noise", type=float, default=1.0, help="build: noise std per dimension (centres are N(0, 1))")
     ap.add_argument("--max-nprobe", type=int, default=256, help="build: largest nprobe in the table")
-    ap.add_argument("--variants", default="IVF-Flat,IVF-PQ",
+    ap.add_argument("--variants", default="IVF-Flat,IVF-PQ,IVF-PQ+Refine",
                     help="build: comma list of IVF-Flat, IVF-PQ, IVF-PQ+Refine (the Refine(SQ8) wrapper)")
     ap.add_argument("--k-factor", type=int, default=8, help="build: Refine re-scoring depth in the nprobe table")
     ap.add_argument("--repeats", type=int, help="runs of each side, taking turns (medians); build: default 1, the "

@@ -4,8 +4,11 @@
 
     n <= exact_up_to (100k)          Flat                         exact; the gate passes by construction
     n <= compress_above (5M)         IVF{nlist},Flat              full vectors, nlist ~ 4*sqrt(n)
-    n >  compress_above              IVF{nlist},PQ{m},Refine(SQ8) PQ codes probed, the top k*k_factor
-                                                                  re-scored on 8-bit vectors
+    n >  compress_above              IVF{nlist},PQ{m}np,Refine(SQ8)  PQ codes probed, the top k*k_factor
+                                                                    re-scored on 8-bit vectors
+
+(``np``: no polysemous training. FAISS trains it for every plain ``PQ{m}`` although only its
+polysemous search mode uses it; it cost 4x the training time at 100k vectors here.)
 
 docs/indexing.md says why and how to override it. Any factory string FAISS accepts may be given.
 """
@@ -43,7 +46,7 @@ def choose(n: int, dim: int, spec) -> str:
     nlist = nlist_for(n)
     if n <= spec.compress_above:
         return f"IVF{nlist},Flat"
-    return f"IVF{nlist},PQ{pq_subquantizers(dim)},Refine(SQ8)"
+    return f"IVF{nlist},PQ{pq_subquantizers(dim)}np,Refine(SQ8)"
 
 
 def train_rows(n: int, factory: str, spec) -> int:

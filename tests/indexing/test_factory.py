@@ -30,8 +30,8 @@ def test_middle_catalogues_get_ivf_flat_with_nlist_from_the_size():
 
 def test_large_catalogues_get_ivf_pq_re_scored_by_refine():
     n, dim = 200_000, 128
-    assert factory.choose(n, dim, SPEC) == f"IVF{factory.nlist_for(n)},PQ32,Refine(SQ8)"
-    assert factory.choose(100_001, 100, SPEC) == f"IVF{factory.nlist_for(100_001)},PQ25,Refine(SQ8)"
+    assert factory.choose(n, dim, SPEC) == f"IVF{factory.nlist_for(n)},PQ32np,Refine(SQ8)"
+    assert factory.choose(100_001, 100, SPEC) == f"IVF{factory.nlist_for(100_001)},PQ25np,Refine(SQ8)"
 
 
 def test_the_default_thresholds_are_100k_and_5m():
