@@ -2,7 +2,9 @@
 source (only partitions with new or changed landing files); rebuild the feature views when the
 lake changed (or they were never built); apply the Feast repository; materialize what changed;
 train the models of models.yaml when triggered: on the first run (no registered version yet),
-when the features were rebuilt from new data, or when asked (``--train``).
+when the features were rebuilt from new data, or when asked (``--train``); then index every
+retrieval champion that has no index and release the champions when they or their indexes
+changed (``_release``: idempotent, so a run killed after training releases on the next one).
 
 What is still owed survives a kill: ``<state>/nightly/pending.json`` says whether the feature views
 must be rebuilt and which models must be trained. It is written before the work it names and

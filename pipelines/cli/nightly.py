@@ -15,7 +15,7 @@ def nightly(ctx: typer.Context,
             expectations: bool = typer.Option(True, help="Run the Great Expectations suites."),
             train: Optional[bool] = typer.Option(None, "--train/--no-train", help="Retrain every model "
                                                  "(default: only when triggered: first run or new data).")):
-    """The scheduled job: land the example if needed, ingest and validate, build features, train."""
+    """The scheduled job: land the example if needed, ingest and validate, build features, train, index, release."""
     from millrace.pipelines.nightly import nightly as run_nightly
 
     run_nightly(common.console(), common.project(), list(ctx.args), expectations, bundled=common.is_bundled(),

@@ -197,6 +197,18 @@ def test_example_land_refuses_this_project(flights):
     assert not (flights.state / "landing" / "ratings").exists()
 
 
+def test_the_nightly_releases_the_ranking_model_and_index_refuses_it(flights):
+    assert "is current: will_be_delayed v1" in flights.proc.stdout
+    shown = json.loads(flights.cli("release", "show", "--json").stdout)
+    release = shown["release"]
+    assert shown["verified"] and release["project"] == "flights" and release["indexes"] == {}
+    assert {m: (r["version"], r["role"]) for m, r in release["models"].items()} == {"will_be_delayed": ("1", "ranking")}
+    assert set(release["feature_views"]) == {"route_delays", "carrier_delays", "slot_delays"}
+    assert set(release["contracts"]) == {"flights"}
+    proc = flights.cli("index", "--model", "will_be_delayed")
+    assert proc.returncode == 2 and "is tabular: it has no item encoder" in proc.stderr, proc.stderr
+
+
 def test_train_json_reports_the_new_version(flights):
     """Last in this module: it registers a second version."""
     proc = flights.cli("train", "--model", "will_be_delayed", "--json")
