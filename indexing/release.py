@@ -110,6 +110,11 @@ class VerifiedRelease:
     indexes: dict[str, LoadedIndex]            # retrieval model -> its loaded, bound index
 
 
+def release_root(state_dir: str) -> str:
+    """Where a project's releases live: ``<state>/releases``."""
+    return os.path.join(state_dir, "releases")
+
+
 def new_id(root: str, now: dt.datetime | None = None) -> str:
     """``r<n>-<UTC time>``: n one more than the newest release's, so ids sort in creation order
     (two creates racing for one n: the second's rename fails and it says so)."""

@@ -24,7 +24,7 @@ BUNDLE_EXTRAS = ("model_card.md", "lineage.json")
 
 
 def release_root(project: Project) -> str:
-    return os.path.join(project.state_dir, "releases")
+    return releases.release_root(project.state_dir)
 
 
 def create(project: Project, names: list[str] | None = None, say=lambda text: None) -> releases.Release:

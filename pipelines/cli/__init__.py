@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from millrace.pipelines.cli import (common, contracts, example, features, index, ingest, lake, models, nightly, release,
-                                   train)
+                                   serve, train)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="millrace: contracts, ingestion, validation, features and models for AI backends.")
@@ -43,6 +43,7 @@ app.add_typer(train.app)
 app.add_typer(models.app, name="models")
 app.add_typer(index.app)
 app.add_typer(release.app, name="release")
+app.add_typer(serve.app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The inference tier: a gRPC server speaking the Open Inference Protocol over the current release."""

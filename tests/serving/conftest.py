@@ -1,0 +1,67 @@
+"""A served release of the tiny trained project (tests/indexing/conftest.py): its retrieval model
+indexed and released, the server started in its own process on a free port."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.indexing.conftest import tiny_trained, trained_tiny_state  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Served:
+    project: Path
+    state: Path
+    release: str
+    address: str
+    proc: subprocess.Popen
+    ready_seconds: float
+
+
+def start_server(project: Path, state: Path, *extra: str, timeout: float = 60) -> tuple[subprocess.Popen, str, float]:
+    """``python -m millrace.serving`` on a free port; returns the process, its address and the
+    seconds it took to say it is ready (from the process start)."""
+    env = {**os.environ, "MILLRACE_STATE_DIR": str(state)}
+    env.pop("MILLRACE_KILL_AT", None)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "millrace.serving", "--project", str(project), "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    line = proc.stdout.readline()
+    if " on 127.0.0.1:" not in line:
+        proc.kill()
+        raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
+    return proc, line.rsplit(" on ", 1)[1].split(",")[0].strip(), time.perf_counter() - started
+
+
+@pytest.fixture
+def served(tiny_trained):  # noqa: F811
+    from millrace.pipelines import index, release
+
+    t = tiny_trained
+    index.index_model(t.project, t.features, t.models(), "retrieval", t.ratings, "timestamp")
+    made = release.create(t.project)
+    state = Path(os.environ["MILLRACE_STATE_DIR"])
+    proc, address, seconds = start_server(t.root, state)
+    yield Served(t.root, state, made.id, address, proc, seconds)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def stock_client(address: str, *steps: dict, timeout: float = 120) -> list:
+    """Run ``steps`` with tritonclient.grpc in another process (tests/serving/stock_client.py):
+    stock clients carry their own copy of the protocol's messages, which cannot share a process
+    with the server's."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "tests.serving.stock_client", address], input=json.dumps(list(steps)),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
