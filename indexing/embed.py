@@ -33,7 +33,7 @@ class Encoder:
         data = load_part(folder, manifest, part, self.variant)
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.inputs = entry.inputs
-        self.session = _session(data, threads)
+        self.session = session(data, threads)
         shape = entry.signature.outputs[0].shape
         self.dim = shape[-1] if shape and isinstance(shape[-1], int) else None
 
@@ -64,7 +64,8 @@ class Encoder:
         return self.embed(table, batch=1)
 
 
-def _session(data: bytes, threads: int):
+def session(data: bytes, threads: int = 0):
+    """An onnxruntime CPU session on ONNX bytes (``threads`` 0: onnxruntime's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from millrace.indexing.embed import session as onnx_session
 from millrace.indexing.release import Release, verify
 from millrace.serving.errors import InvalidInput, ModelNotFound
 from millrace.serving.tensors import FROM_ONNX, TensorSpec
@@ -65,24 +66,13 @@ def load(root: str, release_id: str | None = None, variant: str | None = None, t
         for part, entry in manifest.parts.items():
             kind = variant if variant in entry.files else entry.served
             served_name = name if len(manifest.parts) == 1 else f"{name}.{part}"
+            onnx = load_part(folder, manifest, part, kind)
             models[served_name] = ServedModel(
                 name=served_name, version=ref.version, inputs=_specs(entry.signature.inputs),
-                outputs=_specs(entry.signature.outputs), session=_session(load_part(folder, manifest, part, kind), threads),
-                variant=kind)
+                outputs=_specs(entry.signature.outputs), session=onnx_session(onnx, threads), variant=kind)
     return Repository(checked.release, checked.folder, models)
 
 
 def _specs(tensors) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(t.name, FROM_ONNX.get(t.datatype, t.datatype),
                             tuple(d if isinstance(d, int) and d > 0 else -1 for d in t.shape)) for t in tensors)
-
-
-def _session(data: bytes, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
