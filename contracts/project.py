@@ -79,6 +79,57 @@ class MlflowConfig(_Frozen):
                                       "Env: MILLRACE_MLFLOW_ARTIFACTS.")
 
 
+class BatchingConfig(_Frozen):
+    max_batch_size: int = Field(32, ge=1, description="Most requests one model run answers together.")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="How long the first request of a batch waits for others "
+                                                             "(0: batch what queued while the model was busy).")
+    max_queue: int = Field(256, ge=1, description="Requests waiting per model; one more is refused with "
+                                                  "RESOURCE_EXHAUSTED (the client should back off).")
+
+
+class RecommenderConfig(_Frozen):
+    retrieval: str | None = Field(None, description="The release's retrieval model (default: its only one).")
+    ranking: str | None = Field(None, description="The release's ranking model (default: its only one; none: "
+                                                  "answers in retrieval order).")
+    popularity: str | None = Field(None, description="'view:feature' whose newest value per item orders the "
+                                                     "popularity list (default: the first count of an item view).")
+    seen: str | None = Field(None, description="'view:feature' listing the items a user already rated (default: "
+                                               "the user encoder's list input of item keys).")
+    k: int = Field(10, ge=1, description="Items answered when the request gives no k.")
+    max_k: int = Field(100, ge=1, description="The largest k a request may ask for.")
+    over_fetch: int = Field(4, ge=1, description="Candidates searched per answered item, before re-ranking.")
+    ranking_budget_ms: float = Field(5.0, gt=0, description="Time the ranker may take when the client sets no "
+                                                            "deadline; past it (or the deadline) answers keep "
+                                                            "retrieval order.")
+    item_cache_seconds: float = Field(300.0, gt=0, description="How often the ranker's item features are re-read "
+                                                               "from the online store (all items at once).")
+
+
+class TlsConfig(_Frozen):
+    cert: str = Field(description="PEM certificate chain (relative to the project folder unless absolute).")
+    key: str = Field(description="PEM private key.")
+    client_ca: str | None = Field(None, description="PEM CA bundle: when set, clients must present a certificate it signed.")
+
+
+class AuthConfig(_Frozen):
+    tokens_file: str | None = Field(None, description="File of bearer tokens, one per line.")
+    tokens_env: str | None = Field(None, description="Name of an environment variable holding comma-separated tokens.")
+
+
+class ServingConfig(_Frozen):
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface).")
+    port: int = Field(8001, ge=0, description="gRPC port (0: any free one).")
+    metrics_port: int | None = Field(8002, ge=0, description="Prometheus metrics port (0: any free one; null: off).")
+    workers: int = Field(16, ge=1, description="gRPC handler threads (requests in flight at once).")
+    max_message_bytes: int = Field(4 << 20, ge=1024, description="Largest request or response (gRPC's default, 4 MiB).")
+    reload_seconds: float = Field(2.0, gt=0, description="How often the release pointer is checked.")
+    warmup_requests: int = Field(3, ge=0, description="Requests each model of a new release answers before it serves.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    recommender: RecommenderConfig = Field(default_factory=RecommenderConfig)
+    tls: TlsConfig | None = Field(None, description="Serve TLS only (default: plaintext, for a trusted network).")
+    auth: AuthConfig | None = Field(None, description="Require a bearer token (default: none).")
+
+
 class ProjectConfig(_Frozen):
     name: str = Field(description="Project name, used in run ids and reports.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
@@ -87,6 +138,7 @@ class ProjectConfig(_Frozen):
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig,
                                               description="Feast online store and registry.")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="Model tracking and registry.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="The inference tier (millrace serve).")
 
 
 class Project:

@@ -28,3 +28,23 @@ class NotReady(ServingError):
 
     code = "UNAVAILABLE"
     retryable = True
+
+
+class Overloaded(ServingError):
+    """A model's queue is full: the client should back off and retry."""
+
+    code = "RESOURCE_EXHAUSTED"
+    retryable = True
+
+
+class DeadlineExceeded(ServingError):
+    """The client's deadline passed before the answer was ready; the work was dropped."""
+
+    code = "DEADLINE_EXCEEDED"
+    retryable = True
+
+
+class ReleaseRefused(ServingError):
+    """A release that cannot serve (damaged, incompatible): the one being served keeps serving."""
+
+    code = "FAILED_PRECONDITION"

@@ -33,6 +33,7 @@ class TensorSpec:
     name: str
     datatype: str                 # protocol datatype
     shape: tuple[int, ...]        # -1: any size
+    optional: bool = False        # a request may leave it out
 
 
 def decode(tensor, raw: bytes | None, spec: TensorSpec) -> np.ndarray:

@@ -3,6 +3,7 @@ indexed and released, the server started in its own process on a free port."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,13 +33,24 @@ def start_server(project: Path, state: Path, *extra: str, timeout: float = 60) -
     env = {**os.environ, "MILLRACE_STATE_DIR": str(state)}
     env.pop("MILLRACE_KILL_AT", None)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "millrace.serving", "--project", str(project), "--port", "0", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "millrace.serving", "--project", str(project), "--port", "0",
+                             "--metrics-port", "0", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     line = proc.stdout.readline()
     if " on 127.0.0.1:" not in line:
         proc.kill()
         raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
-    return proc, line.rsplit(" on ", 1)[1].split(",")[0].strip(), time.perf_counter() - started
+    return proc, address_of(line), time.perf_counter() - started
+
+
+def address_of(line: str) -> str:
+    """HOST:PORT of the server's ready line ("serving release ... on HOST:PORT, ready in ...")."""
+    return re.search(r" on (\S+:\d+), ready", line).group(1)
+
+
+def metrics_url(line: str) -> str:
+    """The Prometheus URL the ready line names ("; metrics on :PORT/metrics")."""
+    return "http://127.0.0.1" + re.search(r"metrics on (:\d+/metrics)", line).group(1)
 
 
 @pytest.fixture

@@ -9,20 +9,20 @@ import time
 import pytest
 
 from tests.conftest import MILLRACE, ROOT, cli_env
-from tests.serving.conftest import stock_client
+from tests.serving.conftest import address_of, stock_client
 
 pytestmark = pytest.mark.slow
 
 
 def test_serve_the_nightly_release(nightly_run):
     started = time.perf_counter()
-    proc = subprocess.Popen(MILLRACE + ["serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(MILLRACE + ["serve", "--port", "0", "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=cli_env(nightly_run.state), cwd=ROOT)
     try:
         line = proc.stdout.readline()
         seconds = time.perf_counter() - started
         assert "serving release r0001-" in line and "will_like" in line, line + proc.stderr.read()
-        address = line.rsplit(" on ", 1)[1].split(",")[0].strip()
+        address = address_of(line)
         health, meta = stock_client(address, {"do": "health"},
                                     {"do": "metadata", "model": "movie_retrieval.item_encoder"})
         assert health["ready"] and meta["versions"] == ["1"]

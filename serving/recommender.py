@@ -1,0 +1,382 @@
+"""The composite ``recommender`` model: a user id in, the top k items and their scores out.
+
+    online features (user) -> user encoder -> FAISS search (over-fetch) -> drop seen items
+      -> online features (candidates) + ranking model, when it fits the deadline -> top k
+
+Every input of a bundle part names where its value comes from (``InputInfo.source``: a feature
+'view:feature', an entity key 'key:<column>', or 'request:<column>', which a recommender request
+does not carry: null, as training saw for a missing value). Features are read with
+``features.online`` (the reader materialization's encoding was tested against) and fed through
+``training.feeds`` (the encoding training used), so a served answer is the one the models were
+evaluated on.
+
+Nothing a well-formed request asks for is an error: each degraded path answers and is named in the
+response parameters (``fallback``) and counted (``millrace_serving_fallbacks_total``):
+
+    unknown_user       the online store has no feature row of the user -> the popularity list
+    online_store_down  the online store cannot be read -> the popularity list (before retrieval)
+                       or retrieval order (when only the candidates' features could not be read)
+    ranker_late        ranking would not fit the deadline (or the ranking budget) -> retrieval order
+    ranker_overloaded  the ranking model's queue is full -> retrieval order
+    ranker_failed      the ranking model raised -> retrieval order (logged with its traceback)
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from millrace.features.errors import StoreUnavailable
+from millrace.serving.errors import DeadlineExceeded, InvalidInput, Overloaded, ReleaseRefused
+from millrace.serving.tensors import TensorSpec
+from millrace.training.feeds import raw_inputs
+
+NAME = "recommender"
+STAGES = ("features", "encoder", "search", "ranking")
+UNKNOWN_USER, STORE_DOWN = "unknown_user", "online_store_down"
+RANKER_LATE, RANKER_OVERLOADED, RANKER_FAILED = "ranker_late", "ranker_overloaded", "ranker_failed"
+SAFETY_S = 0.001  # left for encoding the answer when the ranker's budget is the client's deadline
+log = logging.getLogger("millrace.serving")
+
+_KEY_DATATYPES = {pa.int64(): "INT64", pa.int32(): "INT64", pa.string(): "BYTES"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    item_ids: np.ndarray
+    scores: np.ndarray
+    fallback: str            # "" when every stage answered
+    ranked: bool
+    stages: dict[str, float]  # seconds per stage
+
+
+@dataclass(frozen=True)
+class Part:
+    """A served ONNX part and the inputs its manifest describes (with their sources)."""
+
+    model: object            # repository.ServedModel (its batcher runs it)
+    inputs: tuple            # training.bundle.InputInfo
+
+
+@dataclass(frozen=True)
+class Popularity:
+    item_ids: np.ndarray
+    scores: np.ndarray
+    source: str              # 'view:feature' it was ordered by
+
+
+class Recommender:
+    def __init__(self, *, version: str, user: Part, index, ranker: Part | None, reader, features, user_key: str,
+                 item_key: str, seen: str | None, popularity: Popularity, config, metrics=None):
+        self.name, self.version = NAME, version
+        self.user, self.index, self.ranker = user, index, ranker
+        self.reader, self.features = reader, features
+        self.user_key, self.item_key, self.seen = user_key, item_key, seen
+        self.popularity, self.config, self.metrics = popularity, config, metrics
+        self.item_type = index.ids.type
+        self.user_type = next(features.key_types(v)[user_key] for v in features.views
+                              if features.join_keys(v) == [user_key])
+        self.inputs = (TensorSpec("user_id", _KEY_DATATYPES.get(self.user_type, "BYTES"), (1,)),
+                       TensorSpec("k", "INT32", (1,), optional=True))
+        self.outputs = (TensorSpec("item_ids", _KEY_DATATYPES.get(self.item_type, "BYTES"), (-1,)),
+                        TensorSpec("scores", "FP32", (-1,)))
+        self.variant = user.model.variant
+        self._rank_seconds = 0.0  # a moving average: whether the ranker fits a budget is judged by it
+        self._views = {**_views_of(user.inputs), **(_views_of(ranker.inputs) if ranker else {})}
+        if seen:
+            view, feature = seen.split(":", 1)
+            self._views.setdefault(view, set()).add(feature)
+        self._user_views = {v: sorted(f) for v, f in self._views.items() if features.join_keys(v) == [user_key]}
+        self._item_views = {v: sorted(f) for v, f in self._views.items() if features.join_keys(v) == [item_key]}
+        keys = index.ids.to_numpy(zero_copy_only=False)
+        self._item_keys = keys.astype(np.int64) if pa.types.is_integer(index.ids.type) else keys.astype(object)
+        if ranker is not None:
+            item_side = {f"key:{item_key}"} | {f"{v}:{f}" for v, fs in self._item_views.items() for f in fs}
+            self._item_side = tuple(i for i in ranker.inputs if i.source in item_side)
+            self._user_side = tuple(i for i in ranker.inputs if i.source not in item_side)
+            self._items = ItemCache(config.item_cache_seconds)
+            self._items.current(self)  # read now (warm), not on the first request
+
+    # -- the protocol model interface -----------------------------------------------------------
+
+    def infer(self, feed: dict[str, np.ndarray], wanted: list[str] | None = None,
+              deadline: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        names = [o.name for o in self.outputs]
+        unknown = [w for w in (wanted or []) if w not in names]
+        if unknown:
+            raise InvalidInput(f"model '{self.name}' has no output {unknown[0]!r} (it has {names})")
+        user_id = feed["user_id"].reshape(-1)[0]
+        k = int(feed["k"].reshape(-1)[0]) if "k" in feed else self.config.k
+        if not 1 <= k <= self.config.max_k:
+            raise InvalidInput(f"input 'k': {k}, the recommender answers 1 to {self.config.max_k} items "
+                               f"(serving.recommender.max_k)")
+        answer = self.recommend(user_id.item() if hasattr(user_id, "item") else user_id, k, deadline)
+        outputs = {"item_ids": answer.item_ids, "scores": answer.scores}
+        parameters = {"ranked": "true" if answer.ranked else "false"}
+        if answer.fallback:
+            parameters["fallback"] = answer.fallback
+        return {n: outputs[n] for n in (wanted or names)}, parameters
+
+    def warm(self) -> None:
+        """Run each stage once, uncounted: the first run of a session or a store connection pays its set-up."""
+        metrics, self.metrics = self.metrics, None
+        try:
+            user = 0 if pa.types.is_integer(self.user_type) else ""
+            columns, _ = self._read_user(user)
+            table = self._table(self.user.inputs, columns, {self.user_key: pa.array([user], self.user_type)}, 1)
+            vector = self.user.model.run_batched(raw_inputs(table, self.user.inputs))
+            self.index.index.search(np.ascontiguousarray(vector, dtype=np.float32), 1)
+            if self.ranker is not None:
+                self._rank(user, columns, np.arange(min(2, self.index.index.ntotal)), time.monotonic() + 60)
+        except StoreUnavailable as exc:  # serving still starts: requests take the fallback until the store is back
+            log.warning("recommender warm-up: %s", exc)
+        finally:
+            self.metrics = metrics
+            self._rank_seconds = 0.0
+
+    # -- the path -------------------------------------------------------------------------------
+
+    def recommend(self, user_id, k: int, deadline: float | None = None) -> Answer:
+        started = time.monotonic()
+        stages = dict.fromkeys(STAGES, 0.0)
+        try:
+            columns, known = self._read_user(user_id)
+        except StoreUnavailable as exc:
+            log.warning("recommender: %s", exc)
+            return self._popular(k, STORE_DOWN, stages)
+        stages["features"] = time.monotonic() - started
+        if not known:
+            return self._popular(k, UNKNOWN_USER, stages)
+
+        at = time.monotonic()
+        table = self._table(self.user.inputs, columns, {self.user_key: pa.array([user_id], self.user_type)}, 1)
+        vector = self.user.model.run_batched(raw_inputs(table, self.user.inputs), deadline)
+        stages["encoder"] = time.monotonic() - at
+
+        at = time.monotonic()
+        seen = self._seen(columns)
+        wanted = min(self.index.index.ntotal, k * self.config.over_fetch + len(seen))
+        scores, rows = self.index.index.search(np.ascontiguousarray(vector, dtype=np.float32), wanted)
+        keep = rows[0] >= 0
+        rows, scores = rows[0][keep], scores[0][keep].astype(np.float32)
+        if seen:
+            fresh = ~np.isin(self._item_keys[rows], np.array(sorted(seen), dtype=self._item_keys.dtype))
+            rows, scores = rows[fresh], scores[fresh]
+        stages["search"] = time.monotonic() - at
+
+        fallback, ranked = "", False
+        if self.ranker is not None and len(rows) > 1:
+            at = time.monotonic()
+            fallback, ranked_scores = self._rank(user_id, columns, rows, deadline)
+            stages["ranking"] = time.monotonic() - at
+            if ranked_scores is not None:
+                scores, ranked = ranked_scores, True
+        order = np.argsort(-scores, kind="stable")[:k]
+        return self._done(Answer(self._answer_ids(rows[order]), scores[order], fallback, ranked, stages))
+
+    def _rank(self, user_id, user_columns, rows: np.ndarray, deadline: float | None) -> tuple[str, np.ndarray | None]:
+        """The ranker's scores of the candidates at index ``rows``, or the fallback that stopped it."""
+        now = time.monotonic()
+        budget_end = deadline - SAFETY_S if deadline is not None else now + self.config.ranking_budget_ms / 1000
+        if self._rank_seconds > budget_end - now:
+            self._rank_seconds *= 0.9  # forget a slow spell: the ranker is tried again soon
+            return RANKER_LATE, None
+        items = self._items.current(self)
+        if items is None:
+            return STORE_DOWN, None
+        n = len(rows)
+        try:
+            at = time.monotonic()
+            table = self._table(self._user_side, user_columns, {self.user_key: pa.array([user_id], self.user_type)}, 1)
+            feed = {name: np.repeat(array, n, axis=0) for name, array in raw_inputs(table, self._user_side).items()}
+            feed.update({name: array[rows] for name, array in items.items()})
+            out = self.ranker.model.run_batched(feed, budget_end)
+        except DeadlineExceeded:
+            self._rank_seconds = max(self._rank_seconds, budget_end - at)
+            return RANKER_LATE, None
+        except Overloaded:
+            return RANKER_OVERLOADED, None
+        except Exception:
+            log.exception("recommender: the ranking model failed; answering in retrieval order")
+            return RANKER_FAILED, None
+        took = time.monotonic() - at
+        self._rank_seconds = took if not self._rank_seconds else 0.8 * self._rank_seconds + 0.2 * took
+        scores = np.asarray(out, dtype=np.float32).reshape(n, -1)
+        return "", scores[:, -1]  # one score per row, or (for two class probabilities) the positive class's
+
+    def _answer_ids(self, rows: np.ndarray) -> np.ndarray:
+        return self._item_keys[rows] if self._item_keys.dtype != object else \
+            np.array([str(v).encode() for v in self._item_keys[rows]], dtype=object)
+
+    def read_items(self) -> dict[str, np.ndarray]:
+        """The ranker's item-side inputs for every catalogue item, aligned with the index rows (read
+        from the online store and encoded once: a request then only gathers its candidates' rows)."""
+        columns = self._read(self._item_views, self.index.ids)
+        table = self._table(self._item_side, columns, {self.item_key: self.index.ids}, len(self.index.ids))
+        return raw_inputs(table, self._item_side)
+
+    def _popular(self, k: int, reason: str, stages: dict[str, float]) -> Answer:
+        return self._done(Answer(self.popularity.item_ids[:k], self.popularity.scores[:k], reason, False, stages))
+
+    def _done(self, answer: Answer) -> Answer:
+        if self.metrics is not None:
+            for stage, seconds in answer.stages.items():
+                if seconds:
+                    self.metrics.stage(stage, seconds)
+            if answer.fallback:
+                self.metrics.fallback(answer.fallback)
+        return answer
+
+    # -- features ------------------------------------------------------------------------------
+
+    def _read_user(self, user_id) -> tuple[dict[str, pa.Array], bool]:
+        """The user's features by 'view:feature', and whether the store holds any row of the user."""
+        columns, known = {}, False
+        for view, names in self._user_views.items():
+            table, status = self.reader.read_with_status(view, [user_id], names)
+            known = known or status[0] == "found"
+            columns.update({f"{view}:{name}": table.column(name).combine_chunks() for name in names})
+        return columns, known
+
+    def _read(self, views: dict[str, list[str]], keys: pa.Array) -> dict[str, pa.Array]:
+        columns = {}
+        for view, names in views.items():
+            table = self.reader.read(view, keys, names)
+            columns.update({f"{view}:{name}": table.column(name).combine_chunks() for name in names})
+        return columns
+
+    def _table(self, inputs, columns: dict[str, pa.Array], keys: dict[str, pa.Array], rows: int) -> pa.Table:
+        out = {}
+        for info in inputs:
+            kind, _, ref = info.source.partition(":")
+            if kind == "key" and ref in keys:
+                out[info.name] = keys[ref]
+            elif info.source in columns:
+                out[info.name] = columns[info.source]
+            else:  # a request-time input: the recommender's request does not carry it
+                out[info.name] = pa.nulls(rows)
+        return pa.table(out)
+
+    def _seen(self, columns: dict[str, pa.Array]) -> set:
+        if not self.seen or self.seen not in columns:
+            return set()
+        values = columns[self.seen][0].as_py()
+        return set(values) if isinstance(values, list) else set()
+
+
+class ItemCache:
+    """The catalogue's item-side ranker inputs, re-read in the background every ``seconds`` (item
+    features change when materialization runs, not per request). None while the online store
+    could not be read: the ranker then waits (``online_store_down``, retrieval order)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+        self._refreshing = False
+
+    def current(self, recommender: "Recommender") -> dict[str, np.ndarray] | None:
+        if self._arrays is None and self._read_at == float("-inf"):
+            self._refresh(recommender)  # the first read, at load: in the caller's thread
+        elif time.monotonic() - self._read_at > self.seconds:
+            with self._lock:
+                start, self._refreshing = not self._refreshing, True
+            if start:
+                threading.Thread(target=self._refresh, args=(recommender,), daemon=True).start()
+        return self._arrays
+
+    def _refresh(self, recommender: "Recommender") -> None:
+        try:
+            self._arrays = recommender.read_items()
+        except StoreUnavailable as exc:
+            log.warning("recommender: item features not refreshed: %s", exc)
+        finally:
+            self._read_at = time.monotonic()
+            self._refreshing = False
+
+
+def build(*, version: str, user: Part, item_inputs, index, ranker: Part | None, reader, features, config,
+          offline: str, metrics=None) -> Recommender:
+    """The recommender over a release's retrieval part, index and (optional) ranking part; the
+    popularity list is read once here, from the offline table (the online store cannot list items)."""
+    item_key = _single_key(features, item_inputs, "item")
+    user_key = _single_key(features, user.inputs, "user")
+    seen = config.seen or _default_seen(user.inputs, index.ids.type)
+    popularity = load_popularity(features, offline, config.popularity or _default_popularity(features, item_key),
+                                 config.max_k)
+    return Recommender(version=version, user=user, index=index, ranker=ranker, reader=reader, features=features,
+                       user_key=user_key, item_key=item_key, seen=seen, popularity=popularity, config=config,
+                       metrics=metrics)
+
+
+def load_popularity(features, offline: str, source: str, limit: int) -> Popularity:
+    """The ``limit`` items with the highest newest value of ``source`` ('view:feature')."""
+    from millrace.features.errors import FeatureError
+    from millrace.features.offline import read_view
+
+    view, _, feature = source.partition(":")
+    try:
+        key = features.join_key(view)
+        table = read_view(offline, view).select([key, "event_timestamp", feature])
+    except (FeatureError, KeyError) as exc:
+        raise ReleaseRefused(f"recommender: cannot read the popularity feature '{source}' ({exc}) "
+                             f"(fix: build the feature views, or set serving.recommender.popularity)") from None
+    table = table.sort_by([(key, "ascending"), ("event_timestamp", "ascending")])
+    keys = table.column(key).combine_chunks()
+    last = np.ones(len(keys), bool)  # the newest row of each key: the last of its run
+    if len(keys) > 1:
+        last[:-1] = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
+    newest = table.filter(pa.array(last))
+    values = pc.fill_null(pc.cast(newest.column(feature), pa.float64()), 0).to_numpy()
+    order = np.argsort(-values, kind="stable")[:limit]
+    return Popularity(_numpy(newest.column(key).combine_chunks().take(pa.array(order))),
+                      values[order].astype(np.float32), source)
+
+
+def _numpy(array: pa.Array) -> np.ndarray:
+    if pa.types.is_integer(array.type):
+        return array.to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.array([str(v).encode() for v in array.to_pylist()], dtype=object)
+
+
+def _views_of(inputs) -> dict[str, set[str]]:
+    views: dict[str, set[str]] = {}
+    for info in inputs:
+        kind, _, feature = info.source.partition(":")
+        if info.source and kind not in ("key", "request"):
+            views.setdefault(kind, set()).add(feature)
+    return views
+
+
+def _single_key(features, inputs, role: str) -> str:
+    """The one key column of the entity an encoder's features are about."""
+    keys = {tuple(features.join_keys(v)) for v in _views_of(inputs)}
+    keys |= {(i.source[4:],) for i in inputs if i.source.startswith("key:")}
+    if len(keys) != 1 or len(next(iter(keys))) != 1:
+        raise ReleaseRefused(f"recommender: the {role} encoder's features are keyed on {sorted(keys)}; the "
+                             f"recommender needs one {role} key of one column")
+    return next(iter(keys))[0]
+
+
+def _default_seen(inputs, item_type: pa.DataType) -> str | None:
+    dtype = "int64" if pa.types.is_integer(item_type) else "string"
+    for info in inputs:
+        if info.kind == "multi" and info.dtype == dtype and info.source.count(":") == 1 \
+                and not info.source.startswith(("key:", "request:")):
+            return info.source
+    return None
+
+
+def _default_popularity(features, item_key: str) -> str:
+    counts = [(a.window != "all", f"{name}:{a.name}") for name, view in features.views.items()
+              if features.join_keys(name) == [item_key] for a in view.aggregations if a.function == "count"]
+    if counts:  # an all-time count first: a trailing window's count is noisy at its edge
+        return sorted(counts, key=lambda c: c[0])[0][1]
+    raise ReleaseRefused(f"recommender: no count feature of an item view to order the popularity list by "
+                         f"(fix: set serving.recommender.popularity to 'view:feature')")
