@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from millrace.features.errors import StoreUnavailable
+from millrace.features.errors import NothingBuilt, StoreUnavailable
 from millrace.serving.errors import DeadlineExceeded, InvalidInput, Overloaded, ReleaseRefused
 from millrace.serving.tensors import TensorSpec
 from millrace.training.feeds import raw_inputs
@@ -133,7 +133,7 @@ class Recommender:
             self.index.index.search(np.ascontiguousarray(vector, dtype=np.float32), 1)
             if self.ranker is not None:
                 self._rank(user, columns, np.arange(min(2, self.index.index.ntotal)), time.monotonic() + 60)
-        except StoreUnavailable as exc:  # serving still starts: requests take the fallback until the store is back
+        except (StoreUnavailable, NothingBuilt) as exc:  # serving starts: requests take the fallback meanwhile
             log.warning("recommender warm-up: %s", exc)
         finally:
             self.metrics = metrics
@@ -146,7 +146,7 @@ class Recommender:
         stages = dict.fromkeys(STAGES, 0.0)
         try:
             columns, known = self._read_user(user_id)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, NothingBuilt) as exc:  # down, or never materialized
             log.warning("recommender: %s", exc)
             return self._popular(k, STORE_DOWN, stages)
         stages["features"] = time.monotonic() - started
@@ -294,7 +294,7 @@ class ItemCache:
     def _refresh(self, recommender: "Recommender") -> None:
         try:
             self._arrays = recommender.read_items()
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, NothingBuilt) as exc:
             log.warning("recommender: item features not refreshed: %s", exc)
         finally:
             self._read_at = time.monotonic()

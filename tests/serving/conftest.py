@@ -40,6 +40,7 @@ def start_server(project: Path, state: Path, *extra: str, timeout: float = 60) -
     if " on 127.0.0.1:" not in line:
         proc.kill()
         raise AssertionError(f"server did not start: {line}{proc.stderr.read()}")
+    proc.ready_line = line  # metrics_url(proc.ready_line): where its metrics are
     return proc, address_of(line), time.perf_counter() - started
 
 
@@ -53,16 +54,38 @@ def metrics_url(line: str) -> str:
     return "http://127.0.0.1" + re.search(r"metrics on (:\d+/metrics)", line).group(1)
 
 
-@pytest.fixture
-def served(tiny_trained):  # noqa: F811
+def release_tiny(t) -> str:
+    """Index the tiny project's retrieval model and release its champions; the release id."""
     from millrace.pipelines import index, release
 
-    t = tiny_trained
     index.index_model(t.project, t.features, t.models(), "retrieval", t.ratings, "timestamp")
-    made = release.create(t.project)
+    return release.create(t.project).id
+
+
+def configure(project: Path, serving: dict) -> None:
+    """Add a ``serving:`` block to the project's millrace.yaml (read by the server at start)."""
+    import yaml
+
+    path = project / "millrace.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["serving"] = {**config.get("serving", {}), **serving}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def materialize_tiny(t) -> None:
+    """Fill the tiny project's online store from its offline tables (what the recommender reads)."""
+    from millrace.features.materialize import materialize
+
+    materialize(t.project, t.features)
+
+
+@pytest.fixture
+def served(tiny_trained):  # noqa: F811
+    t = tiny_trained
+    made = release_tiny(t)
     state = Path(os.environ["MILLRACE_STATE_DIR"])
     proc, address, seconds = start_server(t.root, state)
-    yield Served(t.root, state, made.id, address, proc, seconds)
+    yield Served(t.root, state, made, address, proc, seconds)
     proc.terminate()
     proc.wait(timeout=30)
 

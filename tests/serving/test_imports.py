@@ -17,6 +17,9 @@ def test_the_server_modules_load_nothing_heavy():
     code = textwrap.dedent("""
         import json, sys
         import millrace.serving.__main__, millrace.serving.server, millrace.serving.repository
+        import millrace.serving.recommender, millrace.serving.reload, millrace.serving.batching
+        import millrace.serving.metrics, millrace.serving.security, millrace.serving.logs
+        import millrace.features.online, millrace.features.spec, millrace.features.offline  # the recommender's
         print(json.dumps(sorted(sys.modules)))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
