@@ -600,6 +600,7 @@ def summarize(points: list[Point], concurrencies: list[int]) -> list[dict]:
             cell[side] = {"rps": median([p.rps for p in mine]), "p50_ms": median([p.p50_ms for p in mine]),
                           "p99_ms": median([p.p99_ms for p in mine]), "errors": sum(p.errors for p in mine),
                           "server_cpu_ms": median([p.server_cpu_ms for p in mine]),
+                          "client_cpu_ms": median([p.client_cpu_ms for p in mine]),
                           "other_cores": max([p.other_cores for p in mine], default=float("nan"))}
         cell["rps_ratio"] = cell["millrace"]["rps"] / cell["KServe"]["rps"]
         cell["p99_ratio"] = cell["millrace"]["p99_ms"] / cell["KServe"]["p99_ms"]
@@ -634,6 +635,18 @@ def report(table: list[dict], startup: dict, repeats: int) -> dict:
         figure = f"{at['rps_ratio']:.2f}x req/s, p99 {at['p99_ratio']:.2f}x"
         verdict = {"target": target, "pass": ok, "figure": figure}
         print(f"\ntarget: {target}: {figure}  {'PASS' if ok else 'MISS'}")
+        m, k = at["millrace"], at["KServe"]
+        busy = {n: x["rps"] * (x["server_cpu_ms"] + x["client_cpu_ms"]) / 1e3 for n, x in (("millrace", m), ("KServe", k))}
+        print(f"  CPU per request at concurrency {TARGET_CONCURRENCY}: millrace server {m['server_cpu_ms']:.3f} + "
+              f"clients {m['client_cpu_ms']:.3f} ms ({busy['millrace']:.2f} cores), KServe server "
+              f"{k['server_cpu_ms']:.3f} + clients {k['client_cpu_ms']:.3f} ms ({busy['KServe']:.2f} cores)")
+        if min(busy.values()) >= 0.8 * (os.cpu_count() or 1):
+            # Both runs keep the shared cores busy, so req/s goes as 1 / (server + client CPU per request):
+            # the server CPU per request that would meet the target on this machine.
+            budget = (k["server_cpu_ms"] + k["client_cpu_ms"]) / TARGET_SPEEDUP - m["client_cpu_ms"]
+            verdict["server_cpu_budget_ms"] = budget
+            print(f"  both runs are CPU-bound: {TARGET_SPEEDUP:g}x needs millrace's server at <= {budget:.3f} ms "
+                  "of CPU per request")
     return verdict
 
 
