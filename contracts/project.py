@@ -83,6 +83,8 @@ class BatchingConfig(_Frozen):
     max_batch_size: int = Field(32, ge=1, description="Most requests one model run answers together.")
     max_queue_delay_ms: float = Field(0.0, ge=0, description="How long the first request of a batch waits for others "
                                                              "(0: batch what queued while the model was busy).")
+    parallel_runs: int = Field(1, ge=1, description="Runs of one model at once (a core each with "
+                                                    "serving.onnx_threads 1); requests beyond them queue and batch.")
     max_queue: int = Field(256, ge=1, description="Requests waiting per model; one more is refused with "
                                                   "RESOURCE_EXHAUSTED (the client should back off).")
 
@@ -121,6 +123,8 @@ class ServingConfig(_Frozen):
     port: int = Field(8001, ge=0, description="gRPC port (0: any free one).")
     metrics_port: int | None = Field(8002, ge=0, description="Prometheus metrics port (0: any free one; null: off).")
     workers: int = Field(16, ge=1, description="gRPC handler threads (requests in flight at once).")
+    onnx_threads: int = Field(1, ge=0, description="onnxruntime threads per model (0: one per core). One is "
+                                                   "fastest for many small calls: concurrency comes from batching.")
     max_message_bytes: int = Field(4 << 20, ge=1024, description="Largest request or response (gRPC's default, 4 MiB).")
     reload_seconds: float = Field(2.0, gt=0, description="How often the release pointer is checked.")
     warmup_requests: int = Field(3, ge=0, description="Requests each model of a new release answers before it serves.")

@@ -48,8 +48,7 @@ class OnlineReader:
         self._data_clock = clock is _PROJECT_CLOCK and project.ttl_clock == "data"
         self._newest: dict[str, tuple[float, dt.datetime | None]] = {}
         self.kind = stores.online_kind(project)
-        self._lock = threading.Lock()
-        self._sqlite = None
+        self._local = threading.local()
         self._redis = None
         self._tables: set[str] = set()
 
@@ -130,38 +129,40 @@ class OnlineReader:
 
         path = stores.sqlite_path(self.project)
         table = f"{self.project.name}_{view}"
-        with self._lock:
-            try:
-                inode = os.stat(path).st_ino
-            except FileNotFoundError:
-                raise NothingBuilt(f"{path}: the online store does not exist "
-                                   f"(fix: run `millrace features materialize`)") from None
-            if self._sqlite is None or self._sqlite[0] != inode:  # a new file (refilled store): reopen
-                if self._sqlite is not None:
-                    self._sqlite[1].close()
-                self._sqlite = (inode, sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False))
-                self._tables = set()
-            con = self._sqlite[1]
-            if table not in self._tables:
-                found = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
-                if not found:
-                    raise NothingBuilt(f"{path}: feature view '{view}' is not in the online store "
-                                       f"(fix: run `millrace features build` and `millrace features materialize`)")
-                self._tables.add(table)
-            position = {n: i for i, n in enumerate(names)}
-            found_rows: dict[bytes, list] = {}
-            stamps: dict[bytes, dt.datetime] = {}
-            wanted = [k for k in dict.fromkeys(keys) if k is not None]
-            quoted = '"' + table.replace('"', '""') + '"'
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start:start + _CHUNK]
-                sql = (f"SELECT entity_key, feature_name, value, event_ts FROM {quoted} WHERE entity_key IN "
-                       f"({','.join('?' * len(chunk))}) AND feature_name IN ({','.join('?' * len(names))})")
-                for key, feature, value, event_ts in con.execute(sql, [*chunk, *names]):
-                    found_rows.setdefault(key, [None] * len(names))[position[feature]] = value
-                    at = _sqlite_time(event_ts)
-                    if at is not None and (key not in stamps or at > stamps[key]):
-                        stamps[key] = at
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            raise NothingBuilt(f"{path}: the online store does not exist "
+                               f"(fix: run `millrace features materialize`)") from None
+        # one read-only connection per thread: concurrent readers (the inference tier's handler
+        # threads) never queue on one connection; a new file (a refilled store) is reopened
+        local = self._local
+        if getattr(local, "inode", None) != inode:
+            if getattr(local, "con", None) is not None:
+                local.con.close()
+            local.inode, local.tables = inode, set()
+            local.con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        con = local.con
+        if table not in local.tables:
+            found = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+            if not found:
+                raise NothingBuilt(f"{path}: feature view '{view}' is not in the online store "
+                                   f"(fix: run `millrace features build` and `millrace features materialize`)")
+            local.tables.add(table)
+        position = {n: i for i, n in enumerate(names)}
+        found_rows: dict[bytes, list] = {}
+        stamps: dict[bytes, dt.datetime] = {}
+        wanted = [k for k in dict.fromkeys(keys) if k is not None]
+        quoted = '"' + table.replace('"', '""') + '"'
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            sql = (f"SELECT entity_key, feature_name, value, event_ts FROM {quoted} WHERE entity_key IN "
+                   f"({','.join('?' * len(chunk))}) AND feature_name IN ({','.join('?' * len(names))})")
+            for key, feature, value, event_ts in con.execute(sql, [*chunk, *names]):
+                found_rows.setdefault(key, [None] * len(names))[position[feature]] = value
+                at = _sqlite_time(event_ts)
+                if at is not None and (key not in stamps or at > stamps[key]):
+                    stamps[key] = at
         return [(found_rows[k], stamps.get(k)) if k in found_rows else None for k in keys]
 
     # -- Redis: hash "<entity key><project>", field murmur3("<view>:<feature>") ------------------------

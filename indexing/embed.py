@@ -64,13 +64,16 @@ class Encoder:
         return self.embed(table, batch=1)
 
 
-def session(data: bytes, threads: int = 0):
-    """An onnxruntime CPU session on ONNX bytes (``threads`` 0: onnxruntime's default)."""
+def session(data: bytes, threads: int = 0, spin: bool = True):
+    """An onnxruntime CPU session on ONNX bytes (``threads`` 0: onnxruntime's default). ``spin``
+    False: idle pool threads sleep instead of spinning (a server with many small calls)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])

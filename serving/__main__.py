@@ -78,7 +78,8 @@ def _start(project, args, log):
     root = release_root(project.state_dir)
 
     def load(release_id=None):
-        return repository.load(root, release_id, args.variant, project=project, config=config, metrics=metrics)
+        return repository.load(root, release_id, args.variant, config.onnx_threads, project=project, config=config,
+                               metrics=metrics)
 
     live = Live(load(args.release))
     live.current.warm(config.warmup_requests)

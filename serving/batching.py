@@ -38,7 +38,7 @@ class Batcher:
     """Batches ``run(feed) -> {output: array}`` (every output's first axis is the batch axis)."""
 
     def __init__(self, name: str, run, max_batch_size: int = 32, max_queue_delay_ms: float = 0.0,
-                 max_queue: int = 256, metrics=None):
+                 max_queue: int = 256, metrics=None, runners: int = 1):
         self.name, self._run = name, run
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.delay = max_queue_delay_ms / 1000
@@ -46,26 +46,46 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self.runners = runners  # runs at once (in workers, or inline in callers)
+        self._active = 0
+        self._threads = [threading.Thread(target=self._loop, name=f"batcher-{name}-{i}", daemon=True)
+                         for i in range(runners)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def depth(self) -> int:
         return len(self._queue)
 
     def infer(self, feed: dict[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
-        """The model's outputs for ``feed`` (first axis: rows), run in a batch with whatever else is waiting."""
+        """The model's outputs for ``feed`` (first axis: rows), run in a batch with whatever else is waiting.
+        When the model is idle and nothing waits, the caller runs it at once in its own thread (no
+        hand-off to the worker: a lone request pays nothing for batching)."""
         rows = _rows(feed)
-        pending = _Pending(feed, rows, deadline)
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded(f"model '{self.name}': the deadline passed before the request could run")
+        pending = None
         with self._cond:
             if self._closed:
                 raise ServingError(f"model '{self.name}' is no longer served")
-            if len(self._queue) >= self.max_queue:
+            if self._active < self.runners and not self._queue:
+                self._active += 1
+            elif len(self._queue) >= self.max_queue:
                 raise Overloaded(f"model '{self.name}' has {len(self._queue)} requests waiting (the limit, "
                                  f"serving.batching.max_queue); retry with backoff")
-            self._queue.append(pending)
-            self._depth_changed()
-            self._cond.notify()
+            else:
+                pending = _Pending(feed, rows, deadline)
+                self._queue.append(pending)
+                self._depth_changed()
+                self._cond.notify()
+        if pending is None:
+            try:
+                outputs = self._run(feed)
+            finally:
+                self._idle()
+            if self.metrics is not None:
+                self.metrics.batch(self.name, rows)
+            return outputs
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not pending.done.wait(timeout):
             pending.abandoned = True  # the worker skips it if it has not started
@@ -74,12 +94,19 @@ class Batcher:
             raise pending.error
         return pending.outputs
 
+    def _idle(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._queue:
+                self._cond.notify()
+
     def close(self) -> None:
         """Answer what is queued, then stop the worker (a replaced release's batchers)."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -88,17 +115,20 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            for group in _groups(batch):
-                self._answer(group)
+            try:
+                for group in _groups(batch):
+                    self._answer(group)
+            finally:
+                self._idle()
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while not self._queue or self._active >= self.runners:  # queued work waits for a free runner
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
             # wait for company: until the batch is full, the oldest has waited the delay, or the server closes
-            while not self._closed:
+            while not self._closed and self.delay:
                 rows = sum(p.rows for p in self._queue)
                 left = self._queue[0].arrived + self.delay - time.monotonic()
                 if rows >= self.max_batch_size or left <= 0:
@@ -109,6 +139,7 @@ class Batcher:
                 pending = self._queue.popleft()
                 taken += pending.rows
                 batch.append(pending)
+            self._active += 1
             self._depth_changed()
         now = time.monotonic()
         live = []

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from millrace.features.errors import NothingBuilt, StoreUnavailable
+from millrace.serving.batching import Batcher
 from millrace.serving.errors import DeadlineExceeded, InvalidInput, Overloaded, ReleaseRefused
 from millrace.serving.tensors import TensorSpec
 from millrace.training.feeds import raw_inputs
@@ -52,7 +53,7 @@ class Answer:
     scores: np.ndarray
     fallback: str            # "" when every stage answered
     ranked: bool
-    stages: dict[str, float]  # seconds per stage
+    stages: dict[str, float]  # seconds per stage of the pass that answered it (shared by its batch)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Popularity:
 
 class Recommender:
     def __init__(self, *, version: str, user: Part, index, ranker: Part | None, reader, features, user_key: str,
-                 item_key: str, seen: str | None, popularity: Popularity, config, metrics=None):
+                 item_key: str, seen: str | None, popularity: Popularity, config, metrics=None, batching=None):
         self.name, self.version = NAME, version
         self.user, self.index, self.ranker = user, index, ranker
         self.reader, self.features = reader, features
@@ -101,6 +102,9 @@ class Recommender:
             self._user_side = tuple(i for i in ranker.inputs if i.source not in item_side)
             self._items = ItemCache(config.item_cache_seconds)
             self._items.current(self)  # read now (warm), not on the first request
+        # concurrent requests share one pass of the path (one read per view, one run of each model)
+        self._batcher = None if batching is None else Batcher(
+            NAME, self._run, batching.max_batch_size, batching.max_queue_delay_ms, batching.max_queue, metrics, batching.parallel_runs)
 
     # -- the protocol model interface -----------------------------------------------------------
 
@@ -110,29 +114,52 @@ class Recommender:
         unknown = [w for w in (wanted or []) if w not in names]
         if unknown:
             raise InvalidInput(f"model '{self.name}' has no output {unknown[0]!r} (it has {names})")
-        user_id = feed["user_id"].reshape(-1)[0]
         k = int(feed["k"].reshape(-1)[0]) if "k" in feed else self.config.k
         if not 1 <= k <= self.config.max_k:
             raise InvalidInput(f"input 'k': {k}, the recommender answers 1 to {self.config.max_k} items "
                                f"(serving.recommender.max_k)")
-        answer = self.recommend(user_id.item() if hasattr(user_id, "item") else user_id, k, deadline)
-        outputs = {"item_ids": answer.item_ids, "scores": answer.scores}
-        parameters = {"ranked": "true" if answer.ranked else "false"}
-        if answer.fallback:
-            parameters["fallback"] = answer.fallback
+        request = {"user_id": feed["user_id"].reshape(1), "k": np.array([k], np.int64),
+                   "deadline": np.array([np.inf if deadline is None else deadline])}
+        out = self._batcher.infer(request, deadline) if self._batcher is not None else self._run(request)
+        count = int(out["count"][0])
+        outputs = {"item_ids": out["item_ids"][0][:count], "scores": out["scores"][0][:count]}
+        parameters = {"ranked": "true" if out["ranked"][0] else "false"}
+        if out["fallback"][0]:
+            parameters["fallback"] = str(out["fallback"][0])
         return {n: outputs[n] for n in (wanted or names)}, parameters
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of requests (the batcher stacked them) through one pass of the path."""
+        deadline = float(feed["deadline"].min())
+        users = [u.item() if hasattr(u, "item") else u for u in feed["user_id"]]
+        if self.user_type == pa.string():
+            users = [u.decode() if isinstance(u, bytes) else str(u) for u in users]
+        answers = self.recommend_many(users, [int(k) for k in feed["k"]], None if np.isinf(deadline) else deadline)
+        width = max(len(a.item_ids) for a in answers)
+        ids = np.zeros((len(answers), width), self._answer_ids(np.zeros(0, np.int64)).dtype)
+        scores = np.zeros((len(answers), width), np.float32)
+        for row, answer in enumerate(answers):
+            ids[row, :len(answer.item_ids)], scores[row, :len(answer.scores)] = answer.item_ids, answer.scores
+        return {"item_ids": ids, "scores": scores, "count": np.array([len(a.item_ids) for a in answers]),
+                "ranked": np.array([a.ranked for a in answers]),
+                "fallback": np.array([a.fallback for a in answers], dtype=object)}
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
 
     def warm(self) -> None:
         """Run each stage once, uncounted: the first run of a session or a store connection pays its set-up."""
         metrics, self.metrics = self.metrics, None
         try:
             user = 0 if pa.types.is_integer(self.user_type) else ""
-            columns, _ = self._read_user(user)
+            columns, _ = self._read_users([user])
             table = self._table(self.user.inputs, columns, {self.user_key: pa.array([user], self.user_type)}, 1)
             vector = self.user.model.run_batched(raw_inputs(table, self.user.inputs))
             self.index.index.search(np.ascontiguousarray(vector, dtype=np.float32), 1)
             if self.ranker is not None:
-                self._rank(user, columns, np.arange(min(2, self.index.index.ntotal)), time.monotonic() + 60)
+                rows = np.arange(min(2, self.index.index.ntotal))
+                self._rank([user], columns, [rows], time.monotonic() + 60)
         except (StoreUnavailable, NothingBuilt) as exc:  # serving starts: requests take the fallback meanwhile
             log.warning("recommender warm-up: %s", exc)
         finally:
@@ -142,45 +169,63 @@ class Recommender:
     # -- the path -------------------------------------------------------------------------------
 
     def recommend(self, user_id, k: int, deadline: float | None = None) -> Answer:
+        return self.recommend_many([user_id], [k], deadline)[0]
+
+    def recommend_many(self, users: list, ks: list[int], deadline: float | None = None) -> list[Answer]:
+        """One answer per user: each stage runs once for all of them (one read per feature view,
+        one encoder run, one FAISS search, one ranker run), so concurrent requests share its cost."""
         started = time.monotonic()
         stages = dict.fromkeys(STAGES, 0.0)
         try:
-            columns, known = self._read_user(user_id)
+            columns, known = self._read_users(users)
         except (StoreUnavailable, NothingBuilt) as exc:  # down, or never materialized
             log.warning("recommender: %s", exc)
-            return self._popular(k, STORE_DOWN, stages)
+            return self._done([self._popular(k, STORE_DOWN) for k in ks], stages)
         stages["features"] = time.monotonic() - started
-        if not known:
-            return self._popular(k, UNKNOWN_USER, stages)
+        answers: list[Answer | None] = [None if ok else self._popular(k, UNKNOWN_USER) for ok, k in zip(known, ks)]
+        live = [i for i, ok in enumerate(known) if ok]
+        if not live:
+            return self._done(answers, stages)
+        if len(live) < len(users):
+            take = pa.array(live)
+            columns = {ref: column.take(take) for ref, column in columns.items()}
+        users, ks = [users[i] for i in live], [ks[i] for i in live]
 
         at = time.monotonic()
-        table = self._table(self.user.inputs, columns, {self.user_key: pa.array([user_id], self.user_type)}, 1)
-        vector = self.user.model.run_batched(raw_inputs(table, self.user.inputs), deadline)
+        table = self._table(self.user.inputs, columns, {self.user_key: pa.array(users, self.user_type)}, len(users))
+        vectors = self.user.model.run_batched(raw_inputs(table, self.user.inputs), deadline)
         stages["encoder"] = time.monotonic() - at
 
         at = time.monotonic()
-        seen = self._seen(columns)
-        wanted = min(self.index.index.ntotal, k * self.config.over_fetch + len(seen))
-        scores, rows = self.index.index.search(np.ascontiguousarray(vector, dtype=np.float32), wanted)
-        keep = rows[0] >= 0
-        rows, scores = rows[0][keep], scores[0][keep].astype(np.float32)
-        if seen:
-            fresh = ~np.isin(self._item_keys[rows], np.array(sorted(seen), dtype=self._item_keys.dtype))
-            rows, scores = rows[fresh], scores[fresh]
+        seen = self._seen(columns, len(users))
+        wanted = min(self.index.index.ntotal, max(k * self.config.over_fetch + len(s) for k, s in zip(ks, seen)))
+        all_scores, all_rows = self.index.index.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
+        candidates, retrieval = [], []
+        for row, user_seen in enumerate(seen):
+            rows, scores = all_rows[row], all_scores[row].astype(np.float32)
+            keep = rows >= 0
+            if user_seen:
+                keep &= ~np.isin(self._item_keys[np.maximum(rows, 0)],
+                                 np.array(sorted(user_seen), dtype=self._item_keys.dtype))
+            candidates.append(rows[keep])
+            retrieval.append(scores[keep])
         stages["search"] = time.monotonic() - at
 
-        fallback, ranked = "", False
-        if self.ranker is not None and len(rows) > 1:
+        fallback, ranked = "", None
+        if self.ranker is not None and sum(len(c) for c in candidates) > len(candidates):
             at = time.monotonic()
-            fallback, ranked_scores = self._rank(user_id, columns, rows, deadline)
+            fallback, ranked = self._rank(users, columns, candidates, deadline)
             stages["ranking"] = time.monotonic() - at
-            if ranked_scores is not None:
-                scores, ranked = ranked_scores, True
-        order = np.argsort(-scores, kind="stable")[:k]
-        return self._done(Answer(self._answer_ids(rows[order]), scores[order], fallback, ranked, stages))
+        for i, (rows, k) in enumerate(zip(candidates, ks)):
+            scores = ranked[i] if ranked is not None else retrieval[i]
+            order = np.argsort(-scores, kind="stable")[:k]
+            answers[live[i]] = Answer(self._answer_ids(rows[order]), scores[order], fallback, ranked is not None,
+                                      stages)
+        return self._done(answers, stages)
 
-    def _rank(self, user_id, user_columns, rows: np.ndarray, deadline: float | None) -> tuple[str, np.ndarray | None]:
-        """The ranker's scores of the candidates at index ``rows``, or the fallback that stopped it."""
+    def _rank(self, users: list, user_columns, candidates: list[np.ndarray],
+              deadline: float | None) -> tuple[str, list[np.ndarray] | None]:
+        """The ranker's scores of each user's candidates (index rows), or the fallback that stopped it."""
         now = time.monotonic()
         budget_end = deadline - SAFETY_S if deadline is not None else now + self.config.ranking_budget_ms / 1000
         if self._rank_seconds > budget_end - now:
@@ -189,11 +234,13 @@ class Recommender:
         items = self._items.current(self)
         if items is None:
             return STORE_DOWN, None
-        n = len(rows)
+        counts = np.array([len(c) for c in candidates])
+        rows = np.concatenate(candidates)
         try:
             at = time.monotonic()
-            table = self._table(self._user_side, user_columns, {self.user_key: pa.array([user_id], self.user_type)}, 1)
-            feed = {name: np.repeat(array, n, axis=0) for name, array in raw_inputs(table, self._user_side).items()}
+            table = self._table(self._user_side, user_columns, {self.user_key: pa.array(users, self.user_type)},
+                                len(users))
+            feed = {name: np.repeat(array, counts, axis=0) for name, array in raw_inputs(table, self._user_side).items()}
             feed.update({name: array[rows] for name, array in items.items()})
             out = self.ranker.model.run_batched(feed, budget_end)
         except DeadlineExceeded:
@@ -206,8 +253,9 @@ class Recommender:
             return RANKER_FAILED, None
         took = time.monotonic() - at
         self._rank_seconds = took if not self._rank_seconds else 0.8 * self._rank_seconds + 0.2 * took
-        scores = np.asarray(out, dtype=np.float32).reshape(n, -1)
-        return "", scores[:, -1]  # one score per row, or (for two class probabilities) the positive class's
+        # one score per row, or (for two class probabilities) the positive class's
+        scores = np.asarray(out, dtype=np.float32).reshape(len(rows), -1)[:, -1]
+        return "", np.split(scores, np.cumsum(counts)[:-1])
 
     def _answer_ids(self, rows: np.ndarray) -> np.ndarray:
         return self._item_keys[rows] if self._item_keys.dtype != object else \
@@ -220,26 +268,27 @@ class Recommender:
         table = self._table(self._item_side, columns, {self.item_key: self.index.ids}, len(self.index.ids))
         return raw_inputs(table, self._item_side)
 
-    def _popular(self, k: int, reason: str, stages: dict[str, float]) -> Answer:
-        return self._done(Answer(self.popularity.item_ids[:k], self.popularity.scores[:k], reason, False, stages))
+    def _popular(self, k: int, reason: str) -> Answer:
+        return Answer(self.popularity.item_ids[:k], self.popularity.scores[:k], reason, False, {})
 
-    def _done(self, answer: Answer) -> Answer:
+    def _done(self, answers: list[Answer], stages: dict[str, float]) -> list[Answer]:
         if self.metrics is not None:
-            for stage, seconds in answer.stages.items():
+            for stage, seconds in stages.items():
                 if seconds:
                     self.metrics.stage(stage, seconds)
-            if answer.fallback:
-                self.metrics.fallback(answer.fallback)
-        return answer
+            for answer in answers:
+                if answer.fallback:
+                    self.metrics.fallback(answer.fallback)
+        return answers
 
     # -- features ------------------------------------------------------------------------------
 
-    def _read_user(self, user_id) -> tuple[dict[str, pa.Array], bool]:
-        """The user's features by 'view:feature', and whether the store holds any row of the user."""
-        columns, known = {}, False
+    def _read_users(self, users: list) -> tuple[dict[str, pa.Array], list[bool]]:
+        """The users' features by 'view:feature', and per user whether the store holds any row of them."""
+        columns, known = {}, [False] * len(users)
         for view, names in self._user_views.items():
-            table, status = self.reader.read_with_status(view, [user_id], names)
-            known = known or status[0] == "found"
+            table, status = self.reader.read_with_status(view, users, names)
+            known = [k or s == "found" for k, s in zip(known, status)]
             columns.update({f"{view}:{name}": table.column(name).combine_chunks() for name in names})
         return columns, known
 
@@ -262,11 +311,10 @@ class Recommender:
                 out[info.name] = pa.nulls(rows)
         return pa.table(out)
 
-    def _seen(self, columns: dict[str, pa.Array]) -> set:
+    def _seen(self, columns: dict[str, pa.Array], rows: int) -> list[set]:
         if not self.seen or self.seen not in columns:
-            return set()
-        values = columns[self.seen][0].as_py()
-        return set(values) if isinstance(values, list) else set()
+            return [set() for _ in range(rows)]
+        return [set(v) if isinstance(v, list) else set() for v in columns[self.seen].to_pylist()]
 
 
 class ItemCache:
@@ -302,9 +350,13 @@ class ItemCache:
 
 
 def build(*, version: str, user: Part, item_inputs, index, ranker: Part | None, reader, features, config,
-          offline: str, metrics=None) -> Recommender:
+          offline: str, metrics=None, batching=None) -> Recommender:
     """The recommender over a release's retrieval part, index and (optional) ranking part; the
     popularity list is read once here, from the offline table (the online store cannot list items)."""
+    import faiss
+
+    # a request's search is a few queries: OpenMP's threads would only spin against the handlers'
+    faiss.omp_set_num_threads(1)
     item_key = _single_key(features, item_inputs, "item")
     user_key = _single_key(features, user.inputs, "user")
     seen = config.seen or _default_seen(user.inputs, index.ids.type)
@@ -312,7 +364,7 @@ def build(*, version: str, user: Part, item_inputs, index, ranker: Part | None, 
                                  config.max_k)
     return Recommender(version=version, user=user, index=index, ranker=ranker, reader=reader, features=features,
                        user_key=user_key, item_key=item_key, seen=seen, popularity=popularity, config=config,
-                       metrics=metrics)
+                       metrics=metrics, batching=batching)
 
 
 def load_popularity(features, offline: str, source: str, limit: int) -> Popularity:

@@ -39,7 +39,7 @@ class ServedModel:
             self.batcher = None
         else:
             self.batcher = Batcher(name, self._run, batching.max_batch_size, batching.max_queue_delay_ms,
-                                   batching.max_queue, metrics)
+                                   batching.max_queue, metrics, batching.parallel_runs)
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._names, self.session.run(self._names, feed)))
@@ -97,8 +97,7 @@ class Repository:
     def close(self) -> None:
         """Stop the batchers once in-flight requests are answered (a replaced release)."""
         for model in self.models.values():
-            if isinstance(model, ServedModel):
-                model.close()
+            model.close()
 
 
 def load(root: str, release_id: str | None = None, variant: str | None = None, threads: int = 0, *,
@@ -119,7 +118,7 @@ def load(root: str, release_id: str | None = None, variant: str | None = None, t
             onnx = load_part(folder, manifest, part, kind)
             models[served_name] = ServedModel(
                 name=served_name, version=ref.version, inputs=_specs(entry.signature.inputs),
-                outputs=_specs(entry.signature.outputs), session=onnx_session(onnx, threads), variant=kind,
+                outputs=_specs(entry.signature.outputs), session=onnx_session(onnx, threads, spin=False), variant=kind,
                 batching=batching, metrics=metrics)
             parts[(name, part)] = (models[served_name], entry.inputs)
             if metrics is not None:
@@ -168,7 +167,7 @@ def _recommender(checked, parts, project, config, metrics):
         version=checked.release.id, user=recommender.Part(user_model, user_inputs),
         item_inputs=parts[(retrieval, ITEM_ENCODER)][1], index=checked.indexes[retrieval], ranker=ranker,
         reader=OnlineReader(project, features), features=features, config=chosen, offline=project.offline,
-        metrics=metrics)
+        metrics=metrics, batching=config.batching)
 
 
 def _only(models, role: str, among=None) -> str | None:

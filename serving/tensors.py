@@ -8,6 +8,7 @@ used. Every mismatch (unknown input, datatype, rank or size, element count again
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ def decode(tensor, raw: bytes | None, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"{where}: datatype {tensor.datatype or '(none)'}, the model takes {spec.datatype}")
     shape = tuple(int(d) for d in tensor.shape)
     _check_shape(where, shape, spec.shape)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     dtype, field = DATATYPES[spec.datatype]
     if raw is not None:
         values = _from_raw(where, raw, spec.datatype, dtype, count)

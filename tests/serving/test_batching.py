@@ -1,5 +1,5 @@
-"""The dynamic batcher with a model that records its calls: concurrent requests share a run and
-each gets its own rows back; a full queue refuses at once; work past a deadline is dropped, not
+"""The dynamic batcher with a model that records its calls: a lone request runs at once in its
+caller; requests arriving while the model runs share the next run and each gets its own rows back; a full queue refuses at once; work past a deadline is dropped, not
 done; requests of different shapes are run apart; a failing run fails every caller of its batch."""
 from __future__ import annotations
 
@@ -15,22 +15,23 @@ from millrace.serving.errors import DeadlineExceeded, Overloaded
 
 
 class Recorder:
-    """Doubles its input; ``gate`` holds a run until the test lets it go."""
+    """Doubles its input, taking ``seconds`` a run; ``gate`` holds a run until the test lets it go."""
 
-    def __init__(self, gate: threading.Event | None = None):
+    def __init__(self, gate: threading.Event | None = None, seconds: float = 0.0):
         self.calls: list[int] = []
-        self.gate = gate
+        self.gate, self.seconds = gate, seconds
 
     def __call__(self, feed):
         if self.gate is not None:
             self.gate.wait(10)
+        time.sleep(self.seconds)
         self.calls.append(len(feed["x"]))
         return {"y": feed["x"] * 2, "n": np.full(len(feed["x"]), len(feed["x"]))}
 
 
 def test_concurrent_requests_share_a_run_and_get_their_own_rows():
-    model = Recorder()
-    batcher = Batcher("m", model, max_batch_size=64, max_queue_delay_ms=100)
+    model = Recorder(seconds=0.05)  # requests arriving while it runs queue up for the next run
+    batcher = Batcher("m", model, max_batch_size=64)
     try:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: batcher.infer({"x": np.array([[i, i + 0.5]], np.float32)}), range(8)))
@@ -43,7 +44,7 @@ def test_concurrent_requests_share_a_run_and_get_their_own_rows():
 
 
 def test_a_batch_never_exceeds_the_maximum():
-    model = Recorder()
+    model = Recorder(seconds=0.02)
     batcher = Batcher("m", model, max_batch_size=4, max_queue_delay_ms=50)
     try:
         with ThreadPoolExecutor(10) as pool:
@@ -98,7 +99,7 @@ def test_work_past_its_deadline_is_dropped_not_done():
 
 
 def test_requests_of_different_shapes_run_apart():
-    model = Recorder()
+    model = Recorder(seconds=0.02)
     batcher = Batcher("m", model, max_batch_size=64, max_queue_delay_ms=100)
     try:
         with ThreadPoolExecutor(4) as pool:
@@ -122,3 +123,13 @@ def test_a_failing_run_fails_every_caller_of_its_batch():
                     future.result(10)
     finally:
         batcher.close()
+
+
+def test_a_lone_request_runs_in_its_callers_thread():
+    threads = []
+    batcher = Batcher("m", lambda feed: threads.append(threading.current_thread()) or {"y": feed["x"]})
+    try:
+        batcher.infer({"x": np.ones((1, 1), np.float32)})
+    finally:
+        batcher.close()
+    assert threads == [threading.current_thread()]
