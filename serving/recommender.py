@@ -88,7 +88,7 @@ class Recommender:
                         TensorSpec("scores", "FP32", (-1,)))
         self.variant = user.model.variant
         self._rank_seconds = 0.0  # a moving average: whether the ranker fits a budget is judged by it
-        self._views = {**_views_of(user.inputs), **(_views_of(ranker.inputs) if ranker else {})}
+        self._views = _views_of(user.inputs, ranker.inputs if ranker else ())  # every feature of either model
         if seen:
             view, feature = seen.split(":", 1)
             self._views.setdefault(view, set()).add(feature)
@@ -104,7 +104,8 @@ class Recommender:
             self._items.current(self)  # read now (warm), not on the first request
         # concurrent requests share one pass of the path (one read per view, one run of each model)
         self._batcher = None if batching is None else Batcher(
-            NAME, self._run, batching.max_batch_size, batching.max_queue_delay_ms, batching.max_queue, metrics, batching.parallel_runs)
+            NAME, self._run, batching.max_batch_size, batching.max_queue_delay_ms, batching.max_queue, metrics,
+            batching.parallel_runs)
 
     # -- the protocol model interface -----------------------------------------------------------
 
@@ -397,9 +398,10 @@ def _numpy(array: pa.Array) -> np.ndarray:
     return np.array([str(v).encode() for v in array.to_pylist()], dtype=object)
 
 
-def _views_of(inputs) -> dict[str, set[str]]:
+def _views_of(*input_groups) -> dict[str, set[str]]:
+    """The features the inputs read, by view (over every group: a view two models read is read once)."""
     views: dict[str, set[str]] = {}
-    for info in inputs:
+    for info in (i for group in input_groups for i in group):
         kind, _, feature = info.source.partition(":")
         if info.source and kind not in ("key", "request"):
             views.setdefault(kind, set()).add(feature)

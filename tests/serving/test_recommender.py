@@ -179,3 +179,13 @@ def test_an_unreachable_online_store_answers_the_popularity_list(ready, monkeypa
         repository.close()
     assert answer.fallback == "online_store_down" and answer.item_ids.tolist() == _popular(t, K)
     assert 'millrace_serving_fallbacks_total{reason="online_store_down"} 1.0' in metrics.text()
+
+
+def test_a_view_both_models_read_is_read_for_every_feature_of_either():
+    from types import SimpleNamespace as Input
+
+    from millrace.serving.recommender import _views_of
+
+    encoder = [Input(source="user_activity:mean_365d"), Input(source="user_activity:recent"), Input(source="key:userId")]
+    ranker = [Input(source="user_activity:count_all"), Input(source="movie:year"), Input(source="request:hour")]
+    assert _views_of(encoder, ranker) == {"user_activity": {"mean_365d", "recent", "count_all"}, "movie": {"year"}}
