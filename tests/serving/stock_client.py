@@ -8,10 +8,10 @@ tritonclient alone.
 Options any step may carry: ``token`` (sent as ``authorization: Bearer <token>``), ``tls`` ({"ca": PEM
 path, "cert" and "key": a client certificate for mutual TLS}; default plaintext) and ``timeout`` (the
 call's deadline in seconds). An ``infer`` input's value may be {"zeros": shape} (a large input without a
-large step: zeros, or empty strings), and ``shapes_only`` answers with the outputs' shapes alone. A
-``concurrent`` step runs its ``calls`` (steps, each with an optional ``delay`` in seconds and ``after_any``:
-the indexes of calls to wait for, the first to end) from one thread and one connected client each,
-released together, and says when each ended."""
+large step: zeros, or empty strings), ``compress`` ("gzip") sends it compressed, and ``shapes_only``
+answers with the outputs' shapes alone. A ``concurrent`` step runs its ``calls`` (steps, each with an
+optional ``delay`` in seconds and ``after_any``: the indexes of calls to wait for, the first to end) from
+one thread and one connected client each, released together, and says when each ended."""
 from __future__ import annotations
 
 import base64
@@ -108,7 +108,7 @@ def step(client, stub, s: dict, connection: Connection | None = None):
                 inputs.append(tensor)
             outputs = [triton.InferRequestedOutput(name) for name in s["outputs"]] if "outputs" in s else None
             result = client.infer(s["model"], inputs, model_version=s.get("version", ""), outputs=outputs,
-                                  headers=headers, client_timeout=timeout)
+                                  headers=headers, client_timeout=timeout, compression_algorithm=s.get("compress"))
             response = result.get_response()
             if s.get("shapes_only"):  # a large answer: its outputs' shapes, not their values
                 return {"shapes": {o.name: list(result.as_numpy(o.name).shape) for o in response.outputs}}

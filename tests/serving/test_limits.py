@@ -1,7 +1,7 @@
 """The server's limits end to end, with the stock client (tritonclient.grpc) in another process: a message
 over ``max_message_bytes``, backpressure from a full batching queue, client deadlines (the expired work is
-dropped, not run), dynamic batching that never mixes answers up, graceful drain on SIGTERM, and malformed
-requests each refused with a status and a message naming the input.
+dropped, not run), dynamic batching that never mixes answers up, parallel runs of one model, graceful
+drain on SIGTERM, and malformed requests each refused with a status and a message naming the input.
 
 One server per configuration, each on its own copy of the project file (its ``serving:`` block written
 before the start); they share one released copy of the tiny trained project."""
@@ -261,19 +261,20 @@ def test_request_metrics_are_labelled_with_the_version_served(small_messages, re
 #
 # A lone request may run at once (the model idle, nothing queued); requests that arrive while the model
 # runs wait in its queue for the next run. To have calls queued whatever the machine's load, two long
-# calls are sent together (millions of rows with the list input empty: cheap to send and decode, about
-# half a second each to run here): when the first is answered the second is running or about to, and the
-# calls meant to wait are sent then (``after_any``), in a window of one whole model run.
+# calls are sent together (millions of rows of zeros with the list input empty: gzip makes them a few kB
+# on the wire, and cheap to decode; about half a second each to run here): when the first is answered
+# the second is running or about to, and the calls meant to wait are sent then (``after_any``), in a
+# window of one whole model run.
 
 LONG_ROWS = 4_000_000
 BIG_MESSAGES = 64 << 20  # room for a long call (16 MB each way)
 LONG = [0, 1]  # the long calls' indexes in a concurrent step; the calls sent behind them follow
 
 
-def long_call(part) -> dict:
-    inputs = {name: (datatype, {"zeros": [LONG_ROWS] + [0] * (np.array(value, dtype=object).ndim - 1)})
+def long_call(part, rows: int = LONG_ROWS) -> dict:
+    inputs = {name: (datatype, {"zeros": [rows] + [0] * (np.array(value, dtype=object).ndim - 1)})
               for name, (datatype, value) in inputs_for(part).items()}
-    return infer(inputs, shapes_only=True, timeout=60)
+    return infer(inputs, shapes_only=True, timeout=60, compress="gzip")  # zeros: a few kB on the wire
 
 
 def behind_long_calls(part, *calls: dict) -> dict:
@@ -358,6 +359,26 @@ def test_concurrent_calls_are_batched_and_each_gets_its_own_answer(released, ser
     requests = 2 * len(inputs) + len(LONG)
     assert rows == 2 * 2 * len(inputs) + len(LONG) * LONG_ROWS  # every row run once
     assert batches < requests, "no batch held more than one request"
+
+
+def test_parallel_runs_keep_every_batcher_worker_alive(released, server_of):
+    # Two runners: both long calls run at once in their callers and a small call queues behind them; when
+    # the long calls end, both runners' workers wake and wait for company on the same queue. The first
+    # takes it; the other must go back to waiting, not die on the empty queue (a runner lost, a traceback).
+    server = server_of({"max_message_bytes": BIG_MESSAGES,
+                        "batching": {"parallel_runs": 2, "max_queue_delay_ms": 3000, "max_batch_size": 64}})
+    part = model_part(released)
+    good = inputs_for(part)
+    # Small calls while both long calls run, whose queue delay outlasts both runs.
+    smalls = [infer(good, timeout=10, delay=delay) for delay in (0.3, 0.45, 0.6)]
+    rounds = [stock_client(server.address, {"do": "concurrent", "calls": [long_call(part), long_call(part),
+                                                                          *smalls]})[0] for _ in range(2)]
+    for burst in rounds:
+        long_answers_ok(burst)
+        for answer in burst["answers"][len(LONG):]:
+            assert first_output(answer).shape[0] == ROWS
+    stderr = server.stderr()
+    assert "Traceback" not in stderr, stderr[stderr.index("Traceback"):][:1500]
 
 
 # ---- graceful drain
