@@ -81,8 +81,9 @@ class MlflowConfig(_Frozen):
 
 class BatchingConfig(_Frozen):
     max_batch_size: int = Field(32, ge=1, description="Most requests one model run answers together.")
-    max_queue_delay_ms: float = Field(0.0, ge=0, description="How long the first request of a batch waits for others "
-                                                             "(0: batch what queued while the model was busy).")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="How long a queued request waits for company before "
+                                                             "it runs (0: run what queued while the model was "
+                                                             "busy; a lone request on an idle model never waits).")
     parallel_runs: int = Field(1, ge=1, description="Runs of one model at once (a core each with "
                                                     "serving.onnx_threads 1); requests beyond them queue and batch.")
     max_queue: int = Field(256, ge=1, description="Requests waiting per model; one more is refused with "
@@ -128,6 +129,8 @@ class ServingConfig(_Frozen):
     max_message_bytes: int = Field(4 << 20, ge=1024, description="Largest request or response (gRPC's default, 4 MiB).")
     reload_seconds: float = Field(2.0, gt=0, description="How often the release pointer is checked.")
     warmup_requests: int = Field(3, ge=0, description="Requests each model of a new release answers before it serves.")
+    drain_notice_seconds: float = Field(1.0, ge=0, description="After SIGTERM, how long health says NOT_SERVING "
+                                                               "while calls are still answered, before the drain.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     recommender: RecommenderConfig = Field(default_factory=RecommenderConfig)
     tls: TlsConfig | None = Field(None, description="Serve TLS only (default: plaintext, for a trusted network).")

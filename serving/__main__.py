@@ -3,7 +3,8 @@ serve a project's current release (or a pinned ``--release``) until SIGTERM or S
 
 Settings come from millrace.yaml's ``serving:`` block (docs/serving.md); the flags override it.
 Without ``--release`` the server follows the release pointer and hot-swaps new releases. SIGTERM:
-health turns NOT_SERVING, new calls are refused, calls in flight finish (up to 10 s), exit 0.
+health turns NOT_SERVING (calls still answered for serving.drain_notice_seconds), then new calls are
+refused and calls in flight finish (up to 10 s), exit 0.
 
 Reads the project file through ``contracts`` only; never imports pipelines, training's trainer,
 Beam, torch, MLflow or Feast (import-linter and tests/serving check it)."""
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    _drain(server, health, live, watcher, metrics, log)
+    _drain(server, health, live, watcher, metrics, log, project.config.serving.drain_notice_seconds)
     return 0
 
 
@@ -81,10 +82,10 @@ def _start(project, args, log):
         return repository.load(root, release_id, args.variant, config.onnx_threads, project=project, config=config,
                                metrics=metrics)
 
+    interceptors, credentials = _security(project, config, metrics)  # before the release: fail fast
     live = Live(load(args.release))
     live.current.warm(config.warmup_requests)
     metrics.release(live.current.release.id)
-    interceptors, credentials = _security(project, config, metrics)
     port = config.port if args.port is None else args.port
     server, port, health = build_server(live, _version(), running_host(args, project), port, config.workers,
                                         config.max_message_bytes, metrics=metrics, interceptors=interceptors,
@@ -116,11 +117,12 @@ def _security(project, config, metrics):
     return interceptors, credentials
 
 
-def _drain(server, health, live, watcher, metrics, log) -> None:
-    """Health NOT_SERVING first (load balancers stop sending), then refuse new calls and let the
-    calls in flight finish."""
+def _drain(server, health, live, watcher, metrics, log, notice: float) -> None:
+    """Health NOT_SERVING first, still answering for ``notice`` seconds (load balancers probing
+    health stop sending), then refuse new calls and let the calls in flight finish."""
     health.enter_graceful_shutdown()
     live.draining = True
+    time.sleep(notice)
     if watcher is not None:
         watcher.stop()
     in_flight = live.in_flight()

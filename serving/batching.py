@@ -123,17 +123,21 @@ class Batcher:
 
     def _next_batch(self) -> list[_Pending] | None:
         with self._cond:
-            while not self._queue or self._active >= self.runners:  # queued work waits for a free runner
-                if self._closed and not self._queue:
-                    return None
-                self._cond.wait()
-            # wait for company: until the batch is full, the oldest has waited the delay, or the server closes
-            while not self._closed and self.delay:
-                rows = sum(p.rows for p in self._queue)
-                left = self._queue[0].arrived + self.delay - time.monotonic()
-                if rows >= self.max_batch_size or left <= 0:
+            while True:
+                while not self._queue or self._active >= self.runners:  # queued work waits for a free runner
+                    if self._closed and not self._queue:
+                        return None
+                    self._cond.wait()
+                # wait for company: until the batch is full, the oldest has waited the delay, or the server
+                # closes; another runner may take the queue meanwhile (then wait for work again)
+                while self._queue and not self._closed and self.delay:
+                    rows = sum(p.rows for p in self._queue)
+                    left = self._queue[0].arrived + self.delay - time.monotonic()
+                    if rows >= self.max_batch_size or left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._queue and self._active < self.runners:
                     break
-                self._cond.wait(left)
             batch, taken = [], 0
             while self._queue and (not batch or taken + self._queue[0].rows <= self.max_batch_size):
                 pending = self._queue.popleft()

@@ -161,8 +161,8 @@ class Observed(grpc.ServerInterceptor):
     """Every call: its request id, its errors as gRPC status codes (in this one place), its metrics
     and (for errors, or at DEBUG every call) a JSON log line."""
 
-    def __init__(self, metrics=None):
-        self.metrics = metrics
+    def __init__(self, metrics=None, live: Live | None = None):
+        self.metrics, self.live = metrics, live
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
@@ -192,13 +192,22 @@ class Observed(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
             finally:
                 seconds = time.perf_counter() - started
-                if short == "ModelInfer" and self.metrics is not None and status not in ("NOT_FOUND",):
-                    self.metrics.request(request.model_name, request.model_version or "", status, seconds)
+                if short == "ModelInfer" and self.metrics is not None:
+                    self._count(request.model_name, status, seconds)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s", short, status,
                               extra={"fields": {"status": status, "ms": round(seconds * 1000, 3), **_target(request)}})
                 request_id.reset(token)
         return handle
+
+
+    def _count(self, name: str, status: str, seconds: float) -> None:
+        """Labelled with the model and version served, never with a caller's text (an unknown name
+        is not counted: it would make a series per typo)."""
+        repository = self.live.current if self.live is not None else None
+        model = repository.models.get(name) if repository is not None else None
+        if model is not None:
+            self.metrics.request(model.name, model.version, status, seconds)
 
 
 def _target(request) -> dict:
@@ -227,7 +236,7 @@ def build_server(live: Live | Repository, version: str, host: str, port: int, wo
 
     live = live if isinstance(live, Live) else Live(live)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                         interceptors=[*interceptors, Observed(metrics)],
+                         interceptors=[*interceptors, Observed(metrics, live)],
                          options=[("grpc.max_receive_message_length", max_message_bytes),
                                   ("grpc.max_send_message_length", max_message_bytes)])
     server.add_generic_rpc_handlers((_generic_handler(InferenceService(live, version)),))
