@@ -308,7 +308,7 @@ def test_a_full_queue_refuses_with_resource_exhausted_and_the_rest_answer_right(
     answered = [a for a in answers if code(a) == "OK"]
     assert len(refused) + len(answered) == calls, codes  # no other error
     assert refused and answered, codes
-    assert all("serving.batching.max_queue" in a["message"] for a in refused)
+    assert all("batching.max_queue" in a["message"] for a in refused)
     for answer in answered:
         np.testing.assert_array_equal(first_output(answer), want)
     # The server counted the same refusals (Observed, one place for every status).
