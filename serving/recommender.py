@@ -72,6 +72,8 @@ class Popularity:
 
 
 class Recommender:
+    platform = "ensemble"  # ModelMetadata: a composite of the release's models, as Triton calls one
+
     def __init__(self, *, version: str, user: Part, index, ranker: Part | None, reader, features, user_key: str,
                  item_key: str, seen: str | None, popularity: Popularity, config, metrics=None, batching=None):
         self.name, self.version = NAME, version
@@ -86,7 +88,6 @@ class Recommender:
                        TensorSpec("k", "INT32", (1,), optional=True))
         self.outputs = (TensorSpec("item_ids", _KEY_DATATYPES.get(self.item_type, "BYTES"), (-1,)),
                         TensorSpec("scores", "FP32", (-1,)))
-        self.variant = user.model.variant
         self._rank_seconds = 0.0  # a moving average: whether the ranker fits a budget is judged by it
         self._views = _views_of(user.inputs, ranker.inputs if ranker else ())  # every feature of either model
         if seen:

@@ -101,7 +101,7 @@ class InferenceService:
             model = repository.get(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=model.name, versions=[model.version], platform=PLATFORM if model.name != "recommender" else "ensemble",
+            name=model.name, versions=[model.version], platform=getattr(model, "platform", PLATFORM),
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.inputs],
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.outputs])
 
