@@ -144,4 +144,6 @@ def _version() -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from millrace.contracts.shutdown import run_to_exit
+
+    run_to_exit(main)

@@ -47,4 +47,6 @@ app.add_typer(serve.app)
 
 
 def main() -> None:
-    common.run_app(app)
+    from millrace.contracts.shutdown import run_to_exit
+
+    run_to_exit(lambda: common.run_app(app))
