@@ -1,10 +1,13 @@
-"""``millrace nightly``: the scheduled job. Land the example if needed; ingest and validate every
-source (only partitions with new or changed landing files); rebuild the feature views when the
-lake changed (or they were never built); apply the Feast repository; materialize what changed;
-train the models of models.yaml when triggered: on the first run (no registered version yet),
-when the features were rebuilt from new data, or when asked (``--train``); then index every
-retrieval champion that has no index and release the champions when they or their indexes
-changed (``_release``: idempotent, so a run killed after training releases on the next one).
+"""``millrace nightly``: the scheduled job, as the chain of stages of ``STAGES`` (pipelines.stages
+times each one, stops at the first that fails and writes the run report). Land the example if
+needed; ingest and validate every source (only partitions with new or changed landing files, or
+one day's with ``--date``); rebuild the feature views when the lake changed (or they were never
+built); apply the Feast repository; materialize what changed; train the models of models.yaml when
+triggered: on the first run (no registered version yet), when the features were rebuilt from new
+data, when a source's contract version differs from the one of the current release, or when asked
+(``--force-train``); then index every retrieval champion that has no index and release the
+champions when they or their indexes changed (idempotent, so a run killed after training releases
+on the next one).
 
 What is still owed survives a kill: ``<state>/nightly/pending.json`` says whether the feature views
 must be rebuilt and which models must be trained. It is written before the work it names and
@@ -21,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
 from millrace.pipelines.errors import CorruptFile, RunFailed
+from millrace.pipelines.stages import Done, RunReport, Skipped
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def read_pending(project: Project) -> Pending:
         return Pending()
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFile(path, f"not a pending-work record ({exc})",
-                          "delete it and run `millrace nightly --train` to redo every step") from None
+                          "delete it and run `millrace nightly --force-train` to redo every step") from None
 
 
 def write_pending(project: Project, pending: Pending) -> None:
@@ -77,10 +81,16 @@ def _settled(pending: Pending) -> Pending:
     return pending if pending.features or pending.train else replace(pending, since="", reasons=())
 
 
+STAGES = ("ingest", "validate", "features", "materialize", "train", "index", "release")
+
+
 def nightly(console, project: Project, beam_args: list[str], expectations: bool = True, bundled: bool = False,
-            train: bool | None = None) -> list:
-    """``train``: True always trains, False never, None when triggered."""
-    from millrace.pipelines.summary import run_ingest_with_summary
+            train: bool | None = None, date: dt.date | None = None, as_json: bool = False) -> RunReport:
+    """``train``: True always trains, False never, None when triggered. ``date``: ingest only that
+    day's partitions (a scheduler's data interval); the later stages see the whole lake. Returns
+    the run report (also written under the state dir); a failing stage raises StageFailed."""
+    from millrace.pipelines.ingest import new_run_id
+    from millrace.pipelines.stages import Chain, render
 
     if bundled:
         from millrace.pipelines.example import already_landed, land
@@ -92,39 +102,162 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
                               f"({landed.planted} planted bad records)")
     has_features = (project.root / "features.yaml").exists()
     models = _model_names(project) if has_features and (project.root / "models.yaml").exists() else []
-    pending = read_pending(project)
-    died_ingesting = pending.ingesting
-    write_pending(project, replace(pending, ingesting=True))
-    results, failures = [], []
-    for source in project.sources:
-        try:
-            results.append(run_ingest_with_summary(console, project, source, None, None, beam_args, expectations))
-        except RunFailed as exc:  # keep going: one bad source must not hold back the others
-            failures.append(str(exc))
-    if any(r.committed for r in results) or died_ingesting:
-        why = "new data in the lake" if not died_ingesting else "the last run died during ingest"
-        pending = _owe(pending, why, features=has_features, train=tuple(models))
-    pending = _settled(replace(pending, ingesting=False))
-    write_pending(project, pending)  # what this ingest changed is owed before anything else can fail
-    if failures:
-        raise RunFailed("; ".join(failures))
-    if has_features:
-        pending = _features(console, project, beam_args, pending, tuple(models))
-        checkpoint("before_training")
-        failed = []
-        if models and train is not False:
-            failed = _models(console, project, pending, models, always=bool(train))
-        elif pending.train:
-            console.print(f"  models: not training (--no-train); still owed: {', '.join(pending.train)}")
-        current = _release(console, project, models) if models else None
-        if failed:
-            raise RunFailed("training failed: " + "; ".join(failed))
-    else:
-        current = None
-    release = f", release {current} current (millrace release show)" if current else ""
+    chain = Chain(project, new_run_id(), STAGES, date)
+    work = _Work(console, project, beam_args, expectations, date, has_features, models)
+    chain.run("ingest", work.ingest)
+    chain.run("validate", work.validate)
+    for name, stage in (("features", work.features), ("materialize", work.materialize)):
+        chain.run(name, stage if has_features else lambda: Skipped("no features.yaml in the project"))
+    chain.run("train", lambda: work.train(train))
+    chain.training_triggers = list(work.triggers)
+    chain.run("index", work.index)
+    chain.run("release", work.release)
+    chain.release = work.current
+    report, path = chain.write()
+    if as_json:
+        from millrace.pipelines.cli.common import print_json
+
+        print_json(report)
+        return report
+    render(console, report, path)
+    release = f", release {work.current} current (millrace release show)" if work.current else ""
     console.print(f"nightly done: lake at {project.lake}, data docs at {project.state_dir}/data_docs, "
                   f"Feast repository at {project.state_dir}/feast{release}")
-    return results
+    return report
+
+
+class _Work:
+    """The stages' bodies; what one stage learns (the ingest results, what is owed, the champions)
+    the next one reads from here."""
+
+    def __init__(self, console, project: Project, beam_args, expectations: bool, date, has_features: bool,
+                 models: list[str]):
+        self.console, self.project, self.beam_args, self.expectations = console, project, beam_args, expectations
+        self.date, self.has_features, self.models = date, has_features, models
+        self.results, self.failures = [], []
+        self.pending = read_pending(project)
+        self.triggers: tuple[str, ...] = ()
+        self.champions: dict[str, str] = {}
+        self.indexes: dict[str, str] = {}
+        self.current: str | None = None
+
+    def ingest(self) -> Done | Skipped:
+        from millrace.pipelines.errors import NothingToIngest
+        from millrace.pipelines.summary import run_ingest_with_summary
+
+        project, pending = self.project, self.pending
+        died_ingesting = pending.ingesting
+        write_pending(project, replace(pending, ingesting=True))
+        for source in project.sources:
+            try:
+                self.results.append(run_ingest_with_summary(self.console, project, source, self.date, self.date,
+                                                            self.beam_args, self.expectations))
+            except RunFailed as exc:  # partitions refused by validation: the other sources still go in
+                self.failures.append(str(exc))
+            except NothingToIngest as exc:  # --date with no landing files for this source
+                self.console.print(f"  {source}: {exc}")
+        if any(r.committed for r in self.results) or died_ingesting:
+            why = "new data in the lake" if not died_ingesting else "the last run died during ingest"
+            pending = _owe(pending, why, features=self.has_features, train=tuple(self.models))
+        self.pending = _settled(replace(pending, ingesting=False))
+        write_pending(project, self.pending)  # what this ingest changed is owed before anything else can fail
+        committed = sum(len(r.committed) for r in self.results)
+        if not committed:
+            return Skipped("no new or changed landing files" + (f" for {self.date}" if self.date else ""))
+        return Done(sum(r.total("records") for r in self.results),
+                    f"{committed} partition(s) committed from {len(self.results)} source(s)")
+
+    def validate(self) -> Done | Skipped:
+        """Validation runs inside ingest, on each partition before it commits (nothing invalid
+        reaches the lake); this stage reports it and fails when a partition was refused."""
+        if self.failures:
+            raise RunFailed("; ".join(self.failures))
+        if not any(r.reports for r in self.results):
+            return Skipped("nothing ingested")
+        good = sum(r.total("good") for r in self.results)
+        bad = sum(r.total("quarantined") for r in self.results)
+        return Done(good, f"{bad:,} quarantined; checked within ingest before each partition committed", timed=False)
+
+    def features(self) -> Done | Skipped:
+        from millrace.features import offline
+        from millrace.features.spec import load_features
+        from millrace.pipelines.features_build import build
+
+        project, features = self.project, load_features(self.project)
+        missing = [v for v in features.views if offline.read_manifest(project.offline, v) is None]
+        if missing and not self.pending.features:
+            self.pending = _owe(self.pending, "feature views never built", features=True, train=tuple(self.models))
+            write_pending(project, self.pending)
+        if not self.pending.features:
+            return Skipped("no new data: every view is up to date")
+        rows = 0
+        with self.console.status("building feature views..."):
+            built = list(build(project, features, beam_args=self.beam_args))
+        for r in built:
+            detail = f"{r.rows:,} rows, {r.entities:,} entities" if r.status == "built" else r.problem
+            self.console.print(f"  features {r.view}: {detail}")
+            rows += r.rows if r.status == "built" else 0
+        return Done(rows, f"{len(built)} view(s) rebuilt")
+
+    def materialize(self) -> Done:
+        from millrace.features.feast_repo import apply
+        from millrace.features.materialize import materialize
+        from millrace.features.spec import load_features
+
+        features = load_features(self.project)
+        written = unchanged = 0
+        with self.console.status("applying Feast and materializing..."):
+            apply(self.project, features)
+            for r in materialize(self.project, features):
+                self.console.print(f"  online {r.view}: {r.written:,} written, {r.skipped_unchanged:,} unchanged")
+                written, unchanged = written + r.written, unchanged + r.skipped_unchanged
+        if self.pending.features:
+            self.pending = _settled(replace(self.pending, features=False))
+            write_pending(self.project, self.pending)
+        return Done(written, f"{unchanged:,} unchanged")
+
+    def train(self, train: bool | None) -> Done | Skipped:
+        checkpoint("before_training")
+        if not self.models:
+            return Skipped("no models.yaml in the project")
+        changed = _contract_changes(self.project)
+        if changed:
+            self.pending = _owe(self.pending, f"contract version changed ({changed})", train=tuple(self.models))
+            write_pending(self.project, self.pending)
+        self.triggers = ("asked (--force-train)",) if train else self.pending.reasons
+        if train is False:
+            owed = f"; still owed: {', '.join(self.pending.train)}" if self.pending.train else ""
+            self.console.print(f"  models: not training (--no-train){owed}")
+            return Skipped(f"--no-train{owed}")
+        trained, failed = _models(self.console, self.project, self.pending, self.models, always=bool(train))
+        if failed:
+            raise RunFailed("training failed: " + "; ".join(failed))
+        if not trained:
+            return Skipped("nothing new to train on")
+        if not self.triggers:
+            self.triggers = ("first training",)
+        return Done(len(trained), "trained: " + ", ".join(trained))
+
+    def index(self) -> Done | Skipped:
+        if not self.models:
+            return Skipped("no models.yaml in the project")
+        self.champions = _champions(self.console, self.project, self.models)
+        if not self.champions:
+            return Skipped("no model has a champion yet")
+        self.indexes, built = _indexes(self.console, self.project, self.champions)
+        if not self.indexes:
+            return Skipped("no retrieval model among the champions")
+        if not built:
+            return Skipped("every retrieval champion has its index")
+        return Done(len(built), "built: " + ", ".join(built))
+
+    def release(self) -> Done | Skipped:
+        if not self.champions:
+            self.console.print("  release: none (no model has a champion yet)")
+            return Skipped("no model has a champion yet")
+        self.current, made = _release(self.console, self.project, self.champions, self.indexes)
+        return Done(detail=f"{self.current} is current") if made else \
+            Skipped(f"{self.current} is current (its champions and indexes are unchanged)")
 
 
 def _model_names(project: Project) -> list[str]:
@@ -134,8 +267,10 @@ def _model_names(project: Project) -> list[str]:
     return list(load_models(project, load_features(project)).names)
 
 
-def _models(console, project: Project, pending: Pending, names: list[str], always: bool) -> list[str]:
-    """Train what is owed (or everything, ``always``); returns the failures, one line each."""
+def _models(console, project: Project, pending: Pending, names: list[str],
+            always: bool) -> tuple[list[str], list[str]]:
+    """Train what is owed (or everything, ``always``); returns the models trained and the
+    failures, one line each."""
     from millrace.pipelines.train import train_with_summary
     from millrace.training import registry
     from millrace.training.errors import TrainingError, UnknownModel
@@ -152,14 +287,14 @@ def _models(console, project: Project, pending: Pending, names: list[str], alway
                 owed.append(name)
     owed = [n for n in names if n in owed]  # the order of models.yaml
     if not owed:
-        console.print("  models: nothing new to train on (use --train to retrain anyway)")
-        return []
+        console.print("  models: nothing new to train on (use --force-train to retrain anyway)")
+        return [], []
     if pending.train and not always:
         console.print(f"  models: owed since {pending.since} ({'; '.join(pending.reasons) or 'first training'}): "
                       f"{', '.join(n for n in owed if n in pending.train)}")
-    pending = _owe(pending, "asked (--train)" if always else "first training", train=tuple(owed))
+    pending = _owe(pending, "asked (--force-train)" if always else "first training", train=tuple(owed))
     write_pending(project, pending)  # before training: a kill mid-training leaves the model owed
-    failures = []
+    trained, failures = [], []
     for name in owed:
         try:
             train_with_summary(console, project, [name])
@@ -167,25 +302,17 @@ def _models(console, project: Project, pending: Pending, names: list[str], alway
             console.print(f"[red]  {name}: {exc}[/]")
             failures.append(f"{name}: {exc}")
             continue
+        trained.append(name)
         pending = _settled(replace(pending, train=tuple(n for n in pending.train if n != name)))
         write_pending(project, pending)
-    return failures
+    return trained, failures
 
 
-def _release(console, project: Project, names: list[str]) -> str | None:
-    """Index every retrieval champion that has no index yet, then release the champions unless the
-    current release already holds exactly them and their indexes. Returns the current release id.
-    Idempotent: a nightly killed after training releases on its next run."""
-    from millrace.features.spec import load_features
-    from millrace.indexing.errors import IndexingError
-    from millrace.indexing.release import current, read
-    from millrace.pipelines.index import index_with_summary, latest_index
-    from millrace.pipelines.release import create, release_root
+def _champions(console, project: Project, names: list[str]) -> dict[str, str]:
+    """Each model's champion version; models without one are left out (said on the console)."""
     from millrace.training import registry
     from millrace.training.errors import UnknownModel
-    from millrace.training.spec import load_models
 
-    models = load_models(project, load_features(project))
     client = registry.connect(project)
     champions = {}
     for name in names:
@@ -200,10 +327,20 @@ def _release(console, project: Project, names: list[str]) -> str | None:
             console.print(f"  release: {name} left out (no version has passed its gates: no champion)")
             continue
         champions[name] = version
-    if not champions:
-        console.print("  release: none (no model has a champion yet)")
-        return None
-    indexes = {}
+    return champions
+
+
+def _indexes(console, project: Project, champions: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Every retrieval champion's newest passing index (built when it has none): the build ids by
+    model, and the models whose index this run built."""
+    from millrace.features.spec import load_features
+    from millrace.indexing.errors import IndexingError
+    from millrace.pipelines.index import index_with_summary, latest_index
+    from millrace.training import registry
+    from millrace.training.spec import load_models
+
+    models = load_models(project, load_features(project))
+    indexes, built = {}, []
     for name, version in champions.items():
         if models.get(name).family != "two_tower":
             continue
@@ -214,7 +351,18 @@ def _release(console, project: Project, names: list[str]) -> str | None:
                 folder = index_with_summary(console, project, name, version=version).folder
             except IndexingError as exc:
                 raise RunFailed(f"index of {reg} v{version}: {exc}; the current release stays") from None
+            built.append(f"{name} v{version}")
         indexes[name] = os.path.basename(folder)
+    return indexes, built
+
+
+def _release(console, project: Project, champions: dict[str, str], indexes: dict[str, str]) -> tuple[str, bool]:
+    """Release the champions unless the current release already holds exactly them and their
+    indexes. Returns the current release id and whether this call made it. Idempotent: a nightly
+    killed after training releases on its next run."""
+    from millrace.indexing.release import current, read
+    from millrace.pipelines.release import create, release_root
+
     root = release_root(project)
     pointer = current(root)
     if pointer is not None:
@@ -222,36 +370,24 @@ def _release(console, project: Project, names: list[str]) -> str | None:
         if {n: m.version for n, m in held.models.items()} == champions and \
                 {n: i.build_id for n, i in held.indexes.items()} == indexes:
             console.print(f"  release {held.id} is current (its champions and indexes are unchanged)")
-            return held.id
+            return held.id, False
     made = create(project, list(champions))
     what = ", ".join(f"{n} v{v}" for n, v in champions.items())
     console.print(f"  release {made.id} is current: {what}")
-    return made.id
+    return made.id, True
 
 
-def _features(console, project: Project, beam_args: list[str], pending: Pending, models: tuple[str, ...]) -> Pending:
-    """Rebuild (when owed or missing), apply Feast, materialize; returns what is still owed."""
-    from millrace.features import offline
-    from millrace.features.feast_repo import apply
-    from millrace.features.materialize import materialize
-    from millrace.features.spec import load_features
-    from millrace.pipelines.features_build import build
+def _contract_changes(project: Project) -> str:
+    """The sources whose contract version differs from the one the current release was trained
+    under ("ratings 1.0.0 -> 1.1.0"), or "" (also when nothing is released yet)."""
+    from millrace.indexing.release import current, read
+    from millrace.pipelines.release import release_root
 
-    features = load_features(project)
-    missing = [v for v in features.views if offline.read_manifest(project.offline, v) is None]
-    if missing and not pending.features:
-        pending = _owe(pending, "feature views never built", features=True, train=models)
-        write_pending(project, pending)
-    if pending.features:
-        with console.status("building feature views..."):
-            for r in build(project, features, beam_args=beam_args):
-                detail = f"{r.rows:,} rows, {r.entities:,} entities" if r.status == "built" else r.problem
-                console.print(f"  features {r.view}: {detail}")
-    with console.status("applying Feast and materializing..."):
-        apply(project, features)
-        for r in materialize(project, features):
-            console.print(f"  online {r.view}: {r.written:,} written, {r.skipped_unchanged:,} unchanged")
-    if pending.features:
-        pending = _settled(replace(pending, features=False))
-        write_pending(project, pending)
-    return pending
+    root = release_root(project)
+    pointer = current(root)
+    if pointer is None:
+        return ""
+    held = read(root, pointer.release).contracts
+    changed = [f"{s} {ref.version} -> {project.contract(s).version}" for s, ref in held.items()
+               if s in project.sources and project.contract(s).version != ref.version]
+    return ", ".join(changed)

@@ -12,11 +12,20 @@ app = typer.Typer()
 
 @app.command("nightly", context_settings=common.PASS_THROUGH)
 def nightly(ctx: typer.Context,
+            date: Optional[str] = typer.Option(None, "--date", metavar="YYYY-MM-DD", help="Ingest only this day's "
+                                               "partitions (a scheduler's data interval; default: every new or "
+                                               "changed landing file)."),
+            force_train: bool = typer.Option(False, "--force-train", "--train", help="Retrain every model (default: "
+                                             "only when triggered: first run, new data, a contract version change)."),
+            no_train: bool = typer.Option(False, "--no-train", help="Never train (what is owed stays owed)."),
             expectations: bool = typer.Option(True, help="Run the Great Expectations suites."),
-            train: Optional[bool] = typer.Option(None, "--train/--no-train", help="Retrain every model "
-                                                 "(default: only when triggered: first run or new data).")):
-    """The scheduled job: land the example if needed, ingest and validate, build features, train, index, release."""
+            as_json: bool = common.json_option()):
+    """The scheduled job, stage by stage: ingest, validate, features, materialize, train, index,
+    release; one summary table and a JSON run report under the state dir."""
     from millrace.pipelines.nightly import nightly as run_nightly
 
-    run_nightly(common.console(), common.project(), list(ctx.args), expectations, bundled=common.is_bundled(),
-                train=train)
+    if force_train and no_train:
+        common.fail("--force-train and --no-train contradict each other (fix: pass one)")
+    day = common.date_range(date, None, None)[0]
+    run_nightly(common.console(as_json), common.project(), list(ctx.args), expectations, bundled=common.is_bundled(),
+                train=True if force_train else False if no_train else None, date=day, as_json=as_json)
