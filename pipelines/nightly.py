@@ -81,7 +81,7 @@ def _settled(pending: Pending) -> Pending:
     return pending if pending.features or pending.train else replace(pending, since="", reasons=())
 
 
-STAGES = ("ingest", "validate", "features", "materialize", "train", "index", "release")
+STAGES = ("ingest", "validate", "features", "materialize", "drift", "train", "index", "release")
 
 
 def nightly(console, project: Project, beam_args: list[str], expectations: bool = True, bundled: bool = False,
@@ -108,6 +108,7 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
     chain.run("validate", work.validate)
     for name, stage in (("features", work.features), ("materialize", work.materialize)):
         chain.run(name, stage if has_features else lambda: Skipped("no features.yaml in the project"))
+    chain.run("drift", work.drift)
     chain.run("train", lambda: work.train(train))
     chain.training_triggers = list(work.triggers)
     chain.run("index", work.index)
@@ -216,20 +217,47 @@ class _Work:
             write_pending(self.project, self.pending)
         return Done(written, f"{unchanged:,} unchanged")
 
+    def drift(self) -> Done | Skipped:
+        """Only when ingest committed something: the newest partition is then a new one."""
+        from millrace.pipelines.drift import drift
+
+        if not self.models:
+            return Skipped("no models.yaml in the project")
+        if not any(r.committed for r in self.results):
+            return Skipped("no new partition to compare")
+        checked = drift(self.project, self.models, say=self.console.print)
+        compared = [c.record for c in checked if c.record is not None]
+        if not compared:
+            return Skipped("no champion yet")
+        for r in compared:
+            self.console.print(f"  drift {r.model}: share {r.share:.2f} of {len(r.columns)} columns "
+                               f"(threshold {r.threshold:.2f}){': retraining triggered' if r.triggered else ''}")
+        fired = [r.model for r in compared if r.triggered]
+        return Done(sum(r.current_rows for r in compared),
+                    f"triggered: {', '.join(fired)}" if fired else "no trigger (every share within its threshold)")
+
     def train(self, train: bool | None) -> Done | Skipped:
+        from millrace.pipelines.drift import acted_on, pending_triggers
+
         checkpoint("before_training")
         if not self.models:
             return Skipped("no models.yaml in the project")
         changed = _contract_changes(self.project)
         if changed:
             self.pending = _owe(self.pending, f"contract version changed ({changed})", train=tuple(self.models))
-            write_pending(self.project, self.pending)
+        for trigger in pending_triggers(self.project):
+            if trigger.model in self.models:
+                self.pending = _owe(self.pending, f"drift {trigger.share:.2f} > {trigger.threshold:.2f} on "
+                                    f"{trigger.date} ({trigger.model})", train=(trigger.model,))
+        write_pending(self.project, self.pending)
         self.triggers = ("asked (--force-train)",) if train else self.pending.reasons
         if train is False:
             owed = f"; still owed: {', '.join(self.pending.train)}" if self.pending.train else ""
             self.console.print(f"  models: not training (--no-train){owed}")
             return Skipped(f"--no-train{owed}")
         trained, failed = _models(self.console, self.project, self.pending, self.models, always=bool(train))
+        for name in trained:
+            acted_on(self.project, name)
         if failed:
             raise RunFailed("training failed: " + "; ".join(failed))
         if not trained:

@@ -112,6 +112,19 @@ class IndexSpec(_Frozen):
     recall: Recall = Field(default_factory=Recall, description="The recall gate.")
 
 
+class Drift(_Frozen):
+    share: float = Field(0.5, gt=0, le=1, description="Share of the model's input columns that must drift for "
+                         "`millrace drift` to record a retraining trigger (more than this share).")
+    reference_rows: int = Field(5000, ge=100, le=1_000_000, description="The reference: the newest rows of the "
+                                "champion's training period. Above 1,000 Evidently compares by distance "
+                                "(Wasserstein, Jensen-Shannon), which a larger sample does not make more sensitive; "
+                                "at 1,000 or fewer by p-value tests, which flag ever smaller differences as n grows.")
+    column_threshold: float | None = Field(None, gt=0, le=1, description="A column drifts past this score "
+                                           "(default: Evidently's own: 0.1 for distances, 0.05 for p-values).")
+    min_rows: int = Field(1000, ge=50, description="Fewest current rows compared: the newest partition, widened back "
+                          "over earlier partitions until it holds this many (a small day alone is noise).")
+
+
 class ModelSpec(_Frozen):
     family: Literal["two_tower", "tabular"] = Field(description="two_tower retrieval or tabular MLP.")
     task: Literal["classification", "regression"] = Field("classification", description="tabular: what to predict.")
@@ -129,6 +142,15 @@ class ModelSpec(_Frozen):
     quantization: Quantization = Field(default_factory=Quantization, description="INT8 settings.")
     index: IndexSpec = Field(default_factory=IndexSpec, description="two_tower: the FAISS index of the item "
                                                                     "catalogue (`millrace index`).")
+    drift: Drift = Field(default_factory=Drift, description="`millrace drift`: when the inputs have moved enough "
+                                                            "to retrain.")
+
+    @property
+    def input_features(self) -> list[str]:
+        """The feature references the model reads (tabular: its features; two_tower: both towers')."""
+        if self.family == "two_tower":
+            return [*(self.user.features if self.user else []), *(self.item.features if self.item else [])]
+        return list(self.features)
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -106,3 +106,43 @@ def test_killed_nightly_leaves_its_work_to_the_next_run(project_dir, tmp_path):
     assert "nothing new to train" not in fourth.stdout
     assert "movielens.retrieval version 3" in fourth.stdout and "movielens.likes version 2" in fourth.stdout
     assert _owed(state) == {**_owed(state), "features": False, "train": [], "ingesting": False}
+
+
+def _report(state: Path, stdout: str) -> dict:
+    runs = sorted((state / "nightly" / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    assert runs, stdout
+    return json.loads(runs[-1].read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_failing_stage_stops_the_chain_with_its_name_and_the_rerun_completes(project_dir, tmp_path):
+    """The MLflow store is down when the drift stage first needs it: the stages before it stay
+    committed, the ones after it do not run, the exit code is the retryable one; the rerun trains
+    and releases without ingesting again."""
+    _tiny_project(project_dir)
+    state = tmp_path / "state"
+    ratings, movies = synthetic()
+    _land(state / "landing", ratings, movies, lambda day: day < SPLIT_DAY)
+    down = cli_env(state, MILLRACE_MLFLOW_URI="postgresql+psycopg://postgres@127.0.0.1:1/none")
+    failed = subprocess.run(MILLRACE + ["--project", str(project_dir), "nightly"], capture_output=True, text=True,
+                            env=down, timeout=900)
+    assert failed.returncode == 75, failed.stdout + failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: nightly stage 'drift' failed: "), failed.stderr
+    report = _report(state, failed.stdout)
+    outcomes = {s["stage"]: s["outcome"] for s in report["stages"]}
+    assert outcomes == {"ingest": "done", "validate": "done", "features": "done", "materialize": "done",
+                        "drift": "failed", "train": "not run", "index": "not run", "release": "not run"}, report
+    assert (report["outcome"], report["failed_stage"], report["exit_code"]) == ("failed", "drift", 75)
+    assert "cannot reach the MLflow store" in report["error"]
+    assert not (state / "releases").exists() or not any((state / "releases").iterdir())
+
+    rerun = _nightly(project_dir, state)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    report = _report(state, rerun.stdout)
+    outcomes = {s["stage"]: s["outcome"] for s in report["stages"]}
+    assert outcomes["ingest"] == "skipped" and outcomes["features"] == "skipped", report  # kept, not redone
+    assert outcomes["train"] == outcomes["release"] == "done" and report["outcome"] == "ok", report
+    assert report["release"] and report["release"] in rerun.stdout
+    assert "new data in the lake" in report["training_triggers"], report
