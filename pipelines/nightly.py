@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 
 from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
-from millrace.pipelines.errors import CorruptFile, RunFailed
+from millrace.pipelines.errors import CorruptFile, PipelineError, RunFailed
 from millrace.pipelines.stages import Done, RunReport, Skipped
 
 
@@ -38,6 +38,7 @@ class Pending:
     since: str = ""
     version: int = 1
     reasons: tuple[str, ...] = ()
+    drift: bool = False  # partitions committed since the last drift check (a scheduler runs it apart)
 
 
 def pending_path(project: Project) -> str:
@@ -50,7 +51,8 @@ def read_pending(project: Project) -> Pending:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         return Pending(features=bool(data["features"]), train=tuple(data["train"]), ingesting=bool(data["ingesting"]),
-                       since=str(data.get("since", "")), reasons=tuple(data.get("reasons", ())))
+                       since=str(data.get("since", "")), reasons=tuple(data.get("reasons", ())),
+                       drift=bool(data.get("drift", False)))
     except FileNotFoundError:
         return Pending()
     except (ValueError, KeyError, TypeError) as exc:
@@ -81,14 +83,31 @@ def _settled(pending: Pending) -> Pending:
     return pending if pending.features or pending.train else replace(pending, since="", reasons=())
 
 
+def chosen_stages(names: list[str] | None) -> tuple[str, ...]:
+    """The stages to run, in chain order (``--stages``; None: all). Validation runs inside ingest,
+    before each partition commits, so the two go together."""
+    if not names:
+        return STAGES
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise PipelineError(f"--stages: unknown stage(s) {unknown} (fix: use some of {', '.join(STAGES)})")
+    wanted = set(names)
+    if ("ingest" in wanted) != ("validate" in wanted):
+        wanted |= {"ingest", "validate"}  # one unit: nothing is committed unvalidated
+    return tuple(n for n in STAGES if n in wanted)
+
+
 STAGES = ("ingest", "validate", "features", "materialize", "drift", "train", "index", "release")
 
 
 def nightly(console, project: Project, beam_args: list[str], expectations: bool = True, bundled: bool = False,
-            train: bool | None = None, date: dt.date | None = None, as_json: bool = False) -> RunReport:
+            train: bool | None = None, date: dt.date | None = None, as_json: bool = False,
+            stages: tuple[str, ...] = STAGES) -> RunReport:
     """``train``: True always trains, False never, None when triggered. ``date``: ingest only that
-    day's partitions (a scheduler's data interval); the later stages see the whole lake. Returns
-    the run report (also written under the state dir); a failing stage raises StageFailed."""
+    day's partitions (a scheduler's data interval); the later stages see the whole lake.
+    ``stages``: run only these (a scheduler's one task per stage; what one stage owes the next
+    survives in pending.json). Returns the run report (also written under the state dir); a
+    failing stage raises StageFailed."""
     from millrace.pipelines.ingest import new_run_id
     from millrace.pipelines.stages import Chain, render
 
@@ -102,18 +121,16 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
                               f"({landed.planted} planted bad records)")
     has_features = (project.root / "features.yaml").exists()
     models = _model_names(project) if has_features and (project.root / "models.yaml").exists() else []
-    chain = Chain(project, new_run_id(), STAGES, date)
+    chain = Chain(project, new_run_id(), stages, date)
     work = _Work(console, project, beam_args, expectations, date, has_features, models)
-    chain.run("ingest", work.ingest)
-    chain.run("validate", work.validate)
-    for name, stage in (("features", work.features), ("materialize", work.materialize)):
-        chain.run(name, stage if has_features else lambda: Skipped("no features.yaml in the project"))
-    chain.run("drift", work.drift)
-    chain.run("train", lambda: work.train(train))
-    chain.training_triggers = list(work.triggers)
-    chain.run("index", work.index)
-    chain.run("release", work.release)
-    chain.release = work.current
+    no_features = lambda: Skipped("no features.yaml in the project")  # noqa: E731
+    bodies = {"ingest": work.ingest, "validate": work.validate,
+              "features": work.features if has_features else no_features,
+              "materialize": work.materialize if has_features else no_features,
+              "drift": work.drift, "train": lambda: work.train(train), "index": work.index, "release": work.release}
+    for name in stages:
+        chain.run(name, bodies[name])
+        chain.training_triggers, chain.release = list(work.triggers), work.current
     report, path = chain.write()
     if as_json:
         from millrace.pipelines.cli.common import print_json
@@ -159,7 +176,8 @@ class _Work:
                 self.console.print(f"  {source}: {exc}")
         if any(r.committed for r in self.results) or died_ingesting:
             why = "new data in the lake" if not died_ingesting else "the last run died during ingest"
-            pending = _owe(pending, why, features=self.has_features, train=tuple(self.models))
+            pending = replace(_owe(pending, why, features=self.has_features, train=tuple(self.models)),
+                              drift=bool(self.models))
         self.pending = _settled(replace(pending, ingesting=False))
         write_pending(project, self.pending)  # what this ingest changed is owed before anything else can fail
         committed = sum(len(r.committed) for r in self.results)
@@ -223,9 +241,11 @@ class _Work:
 
         if not self.models:
             return Skipped("no models.yaml in the project")
-        if not any(r.committed for r in self.results):
+        if not self.pending.drift:
             return Skipped("no new partition to compare")
         checked = drift(self.project, self.models, say=self.console.print)
+        self.pending = replace(self.pending, drift=False)
+        write_pending(self.project, self.pending)
         compared = [c.record for c in checked if c.record is not None]
         if not compared:
             return Skipped("no champion yet")
@@ -280,6 +300,10 @@ class _Work:
         return Done(len(built), "built: " + ", ".join(built))
 
     def release(self) -> Done | Skipped:
+        if not self.champions and self.models:  # the index stage ran in another process
+            self.champions = _champions(self.console, self.project, self.models)
+            if self.champions:
+                self.indexes = _indexes(self.console, self.project, self.champions)[0]
         if not self.champions:
             self.console.print("  release: none (no model has a champion yet)")
             return Skipped("no model has a champion yet")

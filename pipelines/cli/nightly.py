@@ -18,14 +18,20 @@ def nightly(ctx: typer.Context,
             force_train: bool = typer.Option(False, "--force-train", "--train", help="Retrain every model (default: "
                                              "only when triggered: first run, new data, a contract version change)."),
             no_train: bool = typer.Option(False, "--no-train", help="Never train (what is owed stays owed)."),
+            stages: Optional[str] = typer.Option(None, "--stages", metavar="A,B", help="Run only these stages, "
+                                                 "in chain order (ingest, validate, features, materialize, drift, "
+                                                 "train, index, release; ingest and validate go together). "
+                                                 "Default: all."),
             expectations: bool = typer.Option(True, help="Run the Great Expectations suites."),
             as_json: bool = common.json_option()):
-    """The scheduled job, stage by stage: ingest, validate, features, materialize, train, index,
-    release; one summary table and a JSON run report under the state dir."""
+    """The scheduled job, stage by stage: ingest, validate, features, materialize, drift, train,
+    index, release; one summary table and a JSON run report under the state dir."""
+    from millrace.pipelines.nightly import chosen_stages
     from millrace.pipelines.nightly import nightly as run_nightly
 
     if force_train and no_train:
         common.fail("--force-train and --no-train contradict each other (fix: pass one)")
     day = common.date_range(date, None, None)[0]
     run_nightly(common.console(as_json), common.project(), list(ctx.args), expectations, bundled=common.is_bundled(),
-                train=True if force_train else False if no_train else None, date=day, as_json=as_json)
+                train=True if force_train else False if no_train else None, date=day, as_json=as_json,
+                stages=chosen_stages([s.strip() for s in stages.split(",") if s.strip()] if stages else None))
