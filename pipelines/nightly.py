@@ -131,6 +131,7 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
     for name in stages:
         chain.run(name, bodies[name])
         chain.training_triggers, chain.release = list(work.triggers), work.current
+        chain.drift_triggers = work.drift_triggers
     report, path = chain.write()
     if as_json:
         from millrace.pipelines.cli.common import print_json
@@ -158,6 +159,7 @@ class _Work:
         self.champions: dict[str, str] = {}
         self.indexes: dict[str, str] = {}
         self.current: str | None = None
+        self.drift_triggers: list[dict] = []
 
     def ingest(self) -> Done | Skipped:
         from millrace.pipelines.errors import NothingToIngest
@@ -237,7 +239,7 @@ class _Work:
 
     def drift(self) -> Done | Skipped:
         """Only when ingest committed something: the newest partition is then a new one."""
-        from millrace.pipelines.drift import drift
+        from millrace.pipelines.drift import drift, pending_triggers
 
         if not self.models:
             return Skipped("no models.yaml in the project")
@@ -253,6 +255,7 @@ class _Work:
             self.console.print(f"  drift {r.model}: share {r.share:.2f} of {len(r.columns)} columns "
                                f"(threshold {r.threshold:.2f}){': retraining triggered' if r.triggered else ''}")
         fired = [r.model for r in compared if r.triggered]
+        self.drift_triggers = [t.model_dump() for t in pending_triggers(self.project) if t.model in fired]
         return Done(sum(r.current_rows for r in compared),
                     f"triggered: {', '.join(fired)}" if fired else "no trigger (every share within its threshold)")
 

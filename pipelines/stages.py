@@ -59,6 +59,7 @@ class RunReport(Record):
     exit_code: int = 0
     error: str = ""
     training_triggers: list[str] = []
+    drift_triggers: list[dict] = []  # the retraining triggers this run's drift stage recorded
     release: str | None = None
     stages: list[StageReport]
 
@@ -82,6 +83,7 @@ class Chain:
         self.started = time.perf_counter()
         self.reports: list[StageReport] = []
         self.training_triggers: list[str] = []
+        self.drift_triggers: list[dict] = []
         self.release: str | None = None
 
     def run(self, name: str, stage: Callable[[], Done | Skipped]) -> Done | Skipped:
@@ -116,7 +118,8 @@ class Chain:
                          seconds=round(time.perf_counter() - self.started, 3),
                          outcome="failed" if failed else "ok", failed_stage=failed[0] if failed else None,
                          exit_code=failed[1] if failed else 0, error=failed[2][:1000] if failed else "",
-                         training_triggers=self.training_triggers, release=self.release, stages=rows)
+                         training_triggers=self.training_triggers, drift_triggers=self.drift_triggers,
+                         release=self.release, stages=rows)
 
     def write(self, failed: tuple[str, int, str] | None = None) -> tuple[RunReport, str]:
         """Atomically (a temp file renamed): a report on disk is always a whole one."""
