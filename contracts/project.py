@@ -159,6 +159,14 @@ class Project:
     def name(self) -> str:
         return self.config.name
 
+    LOCATIONS = ("state_dir", "landing", "lake", "quarantine", "offline")
+
+    def locations(self) -> dict[str, str]:
+        """The resolved storage locations. A Beam worker loads the project again in its own
+        process, where the driver's environment (``MILLRACE_STATE_DIR``...) may not be set: it
+        gets these instead (``load_project(root, locations)``)."""
+        return {name: getattr(self, name) for name in self.LOCATIONS}
+
     @cached_property
     def state_dir(self) -> str:
         return _resolve(self.root, os.environ.get("MILLRACE_STATE_DIR") or self.config.storage.state_dir)
@@ -220,8 +228,9 @@ def _resolve(root: Path, location: str) -> str:
     return str((root / location).resolve())
 
 
-def load_project(directory: str | Path) -> Project:
+def load_project(directory: str | Path, locations: dict[str, str] | None = None) -> Project:
     """Read and check ``<directory>/millrace.yaml``: its shape, every source name and contract path.
+    ``locations``: storage locations resolved elsewhere (``Project.locations``), used as they are.
 
     Contracts themselves are compiled on first use (``Project.contract``), once per Project.
     """
@@ -248,7 +257,12 @@ def load_project(directory: str | Path) -> Project:
         if not resolved.is_file():
             raise ContractError(path, field, f"'{source.contract}' is not a file",
                                 "point it at an ODCS contract file, not a folder")
-    return Project(root, config)
+    project = Project(root, config)
+    for name, value in (locations or {}).items():
+        if name not in Project.LOCATIONS:
+            raise ValueError(f"unknown project location {name!r}")
+        project.__dict__[name] = value  # what the cached property would hold
+    return project
 
 
 # Neutral: the project at hand may be any domain, so point at the reference, not at the example.

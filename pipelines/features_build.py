@@ -56,14 +56,17 @@ def latest_snapshot(project: Project, source: str) -> tuple[pa.Table | None, lis
 
 
 class _BuildFn(beam.DoFn):
-    def __init__(self, project_root: str, first: dt.date | None, last: dt.date | None, run_id: str):
-        self.project_root, self.first, self.last, self.run_id = project_root, first, last, run_id
+    def __init__(self, project_root: str, locations: dict[str, str], first: dt.date | None, last: dt.date | None,
+                 run_id: str):
+        self.project_root, self.locations, self.first, self.last = project_root, locations, first, last
+        self.run_id = run_id
 
     def setup(self):  # once per worker: the project, its contracts and features.yaml parsed once
         from millrace.contracts.project import load_project
         from millrace.features.spec import load_features
 
-        self.project = load_project(self.project_root)
+        # the driver's locations: a worker in another process may not share its environment
+        self.project = load_project(self.project_root, self.locations)
         self.features = load_features(self.project)
 
     def process(self, view_name: str):
@@ -105,9 +108,10 @@ def build_view(project: Project, features: Features, name: str, first: dt.date |
 class BuildFeatureView(beam.PTransform):
     """View names -> one report per view, each view computed and committed to the offline store."""
 
-    def __init__(self, project_root: str, first: dt.date | None, last: dt.date | None, run_id: str):
+    def __init__(self, project_root: str, locations: dict[str, str], first: dt.date | None, last: dt.date | None,
+                 run_id: str):
         super().__init__()
-        self.args = (project_root, first, last, run_id)
+        self.args = (project_root, locations, first, last, run_id)
 
     def expand(self, names):
         return names | "Build" >> beam.ParDo(_BuildFn(*self.args))
@@ -125,7 +129,7 @@ def build(project: Project, features: Features, first: dt.date | None = None, la
     reports: list[ViewBuildReport] = []
     with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
         _ = (pipeline | "Views" >> beam.Create(names)
-             | "BuildFeatureView" >> BuildFeatureView(str(project.root), first, last, run_id)
+             | "BuildFeatureView" >> BuildFeatureView(str(project.root), project.locations(), first, last, run_id)
              | "Collect" >> beam.Map(_save, project.state_dir, run_id))
     for n in names:
         reports.append(_load(project.state_dir, run_id, n))
