@@ -74,6 +74,9 @@ class Trigger(Record):
     recorded_at: str
 
 
+NOT_TRAINED, NO_CHAMPION = "not trained yet", "no champion yet (nothing to compare against)"
+
+
 @dataclass(frozen=True)
 class Checked:
     model: str
@@ -99,11 +102,12 @@ def drift(project: Project, models: list[str] | None = None, date: dt.date | Non
         reg = registry.registered_name(project, name)
         try:
             registry.versions(client, reg)
-            champion = registry.alias_target(client, reg, registry.CHAMPION)
         except UnknownModel:
-            champion = None
+            checked.append(Checked(name, None, NOT_TRAINED))
+            continue
+        champion = registry.alias_target(client, reg, registry.CHAMPION)
         if champion is None:
-            checked.append(Checked(name, None, "no champion yet (nothing to compare against)"))
+            checked.append(Checked(name, None, NO_CHAMPION))
             continue
         run_id = registry.get_version(client, reg, champion).run_id
         cut = client.get_run(run_id).data.params.get("split.at")

@@ -87,12 +87,21 @@ class Plan:
     problems: list[LandingProblem]
 
 
-def plan(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None) -> Plan:
+def plan(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None,
+         changed_only: bool = False, partitions: frozenset[str] | None = None) -> Plan:
     """The landing files to read (whole partitions), a description of the selection, and the
-    landing entries that break the entry rule (the run must not start when there are any)."""
+    landing entries that break the entry rule (the run must not start when there are any).
+    Without a range: the partitions with new or changed files; with one, all of its partitions,
+    or with ``changed_only`` those of them with new or changed files. ``partitions``: only these
+    partition values (a scheduler's one task per partition)."""
     contract = project.contract(source)
     found = landing.scan(project.landing, source, contract)
     files = found.files
+    if partitions is not None:
+        files = [f for f in files if str(f.partition) in partitions]
+        if not files and not found.problems:
+            raise NothingToIngest(f"no landing files of partition(s) {', '.join(sorted(partitions))} for source "
+                                  f"'{source}' under {lake.join(project.landing, source)}")
     if start is not None or end is not None:
         if start and end and start > end:
             raise NothingToIngest(f"--from {start} is after --to {end} (fix: swap them)")
@@ -101,27 +110,38 @@ def plan(project: Project, source: str, start: dt.date | None = None, end: dt.da
         if not chosen and not found.problems:
             raise NothingToIngest(f"no landing files for source '{source}' between {start or 'the first day'} "
                                   f"and {end or 'the last day'} under {lake.join(project.landing, source)}")
+        if changed_only:
+            chosen = _changed(project, source, contract, chosen)
+            selection += ", new or changed files"
     else:
-        # A partition whose manifest is corrupt counts as never committed: it is rebuilt.
-        committed, _corrupt = lake.scan_partitions(project.lake, source, contract.partitioning.key)
-        chosen = landing.pending(files, {c.value: c.manifest for c in committed}, contract)
+        chosen = _changed(project, source, contract, files)
         selection = "new or changed files"
     return Plan(contract, chosen, selection, found.problems)
 
 
+def _changed(project: Project, source: str, contract: Contract, files: list[LandingFile]) -> list[LandingFile]:
+    # A partition whose manifest is corrupt counts as never committed: it is rebuilt.
+    committed, _corrupt = lake.scan_partitions(project.lake, source, contract.partitioning.key)
+    return landing.pending(files, {c.value: c.manifest for c in committed}, contract)
+
+
 def ingest(project: Project, source: str, start: dt.date | None = None, end: dt.date | None = None,
-           beam_args: list[str] | None = None, validate: bool = True, progress=None) -> IngestResult:
-    """Hold the source's write lock (``SourceBusy``, exit 75, if another run holds it) for the
+           beam_args: list[str] | None = None, validate: bool = True, progress=None,
+           changed_only: bool = False, partitions: frozenset[str] | None = None,
+           lock_wait: float = 0.0) -> IngestResult:
+    """``changed_only``, ``partitions``: which partitions of the range (``plan``). ``lock_wait``:
+    seconds to wait for another writer of the source to finish. Hold the source's write lock (``SourceBusy``, exit 75, if another run holds it) for the
     whole run: planning reads the committed manifests, and a commit's cleanup deletes files no
     snapshot lists, so two writers of one source must never overlap."""
-    with source_lock(project.state_dir, source):
+    with source_lock(project.state_dir, source, wait=lock_wait):
         # first what a killed run left behind (or a lake from before the table format)
         commit.prepare(project.lake, project.quarantine, source, project.contract(source))
-        return _ingest(project, source, start, end, beam_args, validate, progress)
+        return _ingest(project, source, start, end, beam_args, validate, progress, changed_only, partitions)
 
 
-def _ingest(project: Project, source: str, start, end, beam_args, validate: bool, progress) -> IngestResult:
-    chosen = plan(project, source, start, end)
+def _ingest(project: Project, source: str, start, end, beam_args, validate: bool, progress,
+            changed_only: bool, partitions: frozenset[str] | None) -> IngestResult:
+    chosen = plan(project, source, start, end, changed_only, partitions)
     contract, files = chosen.contract, chosen.files
     run_id = new_run_id()
     if chosen.problems:  # nothing is read until every entry is one the run can read

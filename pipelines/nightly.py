@@ -1,18 +1,20 @@
 """``millrace nightly``: the scheduled job, as the chain of stages of ``STAGES`` (pipelines.stages
 times each one, stops at the first that fails and writes the run report). Land the example if
-needed; ingest and validate every source (only partitions with new or changed landing files, or
-one day's with ``--date``); rebuild the feature views when the lake changed (or they were never
-built); apply the Feast repository; materialize what changed; train the models of models.yaml when
-triggered: on the first run (no registered version yet), when the features were rebuilt from new
-data, when a source's contract version differs from the one of the current release, or when asked
+needed; ingest and validate every source (only partitions with new or changed landing files; with
+``--date``, that day's partitions, again only the new or changed ones unless ``--rerun``); rebuild
+the feature views when the lake changed (or they were never built); apply the Feast repository;
+materialize what changed; check the champions' inputs for drift when a partition was committed;
+train the models of models.yaml when triggered: on the first run (no registered version yet), when
+drift went over a model's threshold, when a model has no champion and new data came, when a
+source's contract version differs from the one of the current release, or when asked
 (``--force-train``); then index every retrieval champion that has no index and release the
 champions when they or their indexes changed (idempotent, so a run killed after training releases
-on the next one).
+on the next one). New data alone does not retrain a model whose inputs have not drifted.
 
 What is still owed survives a kill: ``<state>/nightly/pending.json`` says whether the feature views
-must be rebuilt and which models must be trained. It is written before the work it names and
-cleared step by step as each step finishes (a model only once it is registered and gated), so a
-run killed after the feature rebuild, or in the middle of a model's first training, leaves the
+must be rebuilt and which models must be trained (and why). It is written before the work it names
+and cleared step by step as each step finishes (a model only once it is registered and gated), so
+a run killed after the feature rebuild, or in the middle of a model's first training, leaves the
 next run the same work instead of "nothing new"."""
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
 from millrace.pipelines.errors import CorruptFile, PipelineError, RunFailed
-from millrace.pipelines.stages import Done, RunReport, Skipped
+from millrace.pipelines.stages import Done, RunReport, Skipped, TrainedModel
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,12 @@ def write_pending(project: Project, pending: Pending) -> None:
 
 
 def _owe(pending: Pending, reason: str, features: bool = False, train: tuple[str, ...] = ()) -> Pending:
+    """``reason`` is kept when it owes training: the reasons are the run report's training triggers."""
     names = pending.train + tuple(n for n in train if n not in pending.train)
+    kept = (reason,) if train and reason not in pending.reasons else ()
     return replace(pending, features=pending.features or features, train=names,
                    since=pending.since or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   reasons=pending.reasons + ((reason,) if reason not in pending.reasons else ()))
+                   reasons=pending.reasons + kept)
 
 
 def _settled(pending: Pending) -> Pending:
@@ -102,9 +106,10 @@ STAGES = ("ingest", "validate", "features", "materialize", "drift", "train", "in
 
 def nightly(console, project: Project, beam_args: list[str], expectations: bool = True, bundled: bool = False,
             train: bool | None = None, date: dt.date | None = None, as_json: bool = False,
-            stages: tuple[str, ...] = STAGES) -> RunReport:
+            stages: tuple[str, ...] = STAGES, rerun: bool = False) -> RunReport:
     """``train``: True always trains, False never, None when triggered. ``date``: ingest only that
-    day's partitions (a scheduler's data interval); the later stages see the whole lake.
+    day's partitions (a scheduler's data interval) that have new or changed files, or all of them
+    with ``rerun``; the later stages see the whole lake.
     ``stages``: run only these (a scheduler's one task per stage; what one stage owes the next
     survives in pending.json). Returns the run report (also written under the state dir); a
     failing stage raises StageFailed."""
@@ -122,7 +127,10 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
     has_features = (project.root / "features.yaml").exists()
     models = _model_names(project) if has_features and (project.root / "models.yaml").exists() else []
     chain = Chain(project, new_run_id(), stages, date)
-    work = _Work(console, project, beam_args, expectations, date, has_features, models)
+    if rerun and date is None:
+        raise PipelineError("--rerun redoes one day's committed work: it needs --date (fix: add --date YYYY-MM-DD, "
+                            "or rebuild a range with `millrace backfill --from D1 --to D2`)")
+    work = _Work(console, project, beam_args, expectations, date, has_features, models, rerun, chain.run_id)
     no_features = lambda: Skipped("no features.yaml in the project")  # noqa: E731
     bodies = {"ingest": work.ingest, "validate": work.validate,
               "features": work.features if has_features else no_features,
@@ -131,7 +139,7 @@ def nightly(console, project: Project, beam_args: list[str], expectations: bool 
     for name in stages:
         chain.run(name, bodies[name])
         chain.training_triggers, chain.release = list(work.triggers), work.current
-        chain.drift_triggers = work.drift_triggers
+        chain.drift_triggers, chain.models_trained = work.drift_triggers, work.trained
     report, path = chain.write()
     if as_json:
         from millrace.pipelines.cli.common import print_json
@@ -150,9 +158,11 @@ class _Work:
     the next one reads from here."""
 
     def __init__(self, console, project: Project, beam_args, expectations: bool, date, has_features: bool,
-                 models: list[str]):
+                 models: list[str], rerun: bool = False, run_id: str = ""):
         self.console, self.project, self.beam_args, self.expectations = console, project, beam_args, expectations
-        self.date, self.has_features, self.models = date, has_features, models
+        self.date, self.has_features, self.models, self.rerun = date, has_features, models, rerun
+        self.run_id = run_id
+        self.trained: list[TrainedModel] = []
         self.results, self.failures = [], []
         self.pending = read_pending(project)
         self.triggers: tuple[str, ...] = ()
@@ -171,15 +181,15 @@ class _Work:
         for source in project.sources:
             try:
                 self.results.append(run_ingest_with_summary(self.console, project, source, self.date, self.date,
-                                                            self.beam_args, self.expectations))
+                                                            self.beam_args, self.expectations,
+                                                            changed_only=not self.rerun))
             except RunFailed as exc:  # partitions refused by validation: the other sources still go in
                 self.failures.append(str(exc))
             except NothingToIngest as exc:  # --date with no landing files for this source
                 self.console.print(f"  {source}: {exc}")
         if any(r.committed for r in self.results) or died_ingesting:
             why = "new data in the lake" if not died_ingesting else "the last run died during ingest"
-            pending = replace(_owe(pending, why, features=self.has_features, train=tuple(self.models)),
-                              drift=bool(self.models))
+            pending = replace(_owe(pending, why, features=self.has_features), drift=bool(self.models))
         self.pending = _settled(replace(pending, ingesting=False))
         write_pending(project, self.pending)  # what this ingest changed is owed before anything else can fail
         committed = sum(len(r.committed) for r in self.results)
@@ -207,7 +217,7 @@ class _Work:
         project, features = self.project, load_features(self.project)
         missing = [v for v in features.views if offline.read_manifest(project.offline, v) is None]
         if missing and not self.pending.features:
-            self.pending = _owe(self.pending, "feature views never built", features=True, train=tuple(self.models))
+            self.pending = _owe(self.pending, "feature views never built", features=True)
             write_pending(project, self.pending)
         if not self.pending.features:
             return Skipped("no new data: every view is up to date")
@@ -239,7 +249,7 @@ class _Work:
 
     def drift(self) -> Done | Skipped:
         """Only when ingest committed something: the newest partition is then a new one."""
-        from millrace.pipelines.drift import drift, pending_triggers
+        from millrace.pipelines.drift import NO_CHAMPION, drift, pending_triggers
 
         if not self.models:
             return Skipped("no models.yaml in the project")
@@ -247,7 +257,11 @@ class _Work:
             return Skipped("no new partition to compare")
         checked = drift(self.project, self.models, say=self.console.print)
         self.pending = replace(self.pending, drift=False)
-        write_pending(self.project, self.pending)
+        no_champion = tuple(c.model for c in checked if c.why == NO_CHAMPION)
+        if no_champion:  # nothing to compare against: new data is the only chance to pass the gates
+            self.pending = _owe(self.pending, f"no champion yet, new data ({', '.join(no_champion)})",
+                                train=no_champion)
+        write_pending(self.project, self.pending)  # one write: the check done and what it owes
         compared = [c.record for c in checked if c.record is not None]
         if not compared:
             return Skipped("no champion yet")
@@ -262,9 +276,11 @@ class _Work:
     def train(self, train: bool | None) -> Done | Skipped:
         from millrace.pipelines.drift import acted_on, pending_triggers
 
-        checkpoint("before_training")
         if not self.models:
+            checkpoint("before_training")
             return Skipped("no models.yaml in the project")
+        if train:  # owed before anything runs: a forced run killed here leaves the training to the next
+            self.pending = _owe(self.pending, "asked (--force-train)", train=tuple(self.models))
         changed = _contract_changes(self.project)
         if changed:
             self.pending = _owe(self.pending, f"contract version changed ({changed})", train=tuple(self.models))
@@ -273,20 +289,25 @@ class _Work:
                 self.pending = _owe(self.pending, f"drift {trigger.share:.2f} > {trigger.threshold:.2f} on "
                                     f"{trigger.date} ({trigger.model})", train=(trigger.model,))
         write_pending(self.project, self.pending)
+        checkpoint("before_training")
         self.triggers = ("asked (--force-train)",) if train else self.pending.reasons
         if train is False:
             owed = f"; still owed: {', '.join(self.pending.train)}" if self.pending.train else ""
             self.console.print(f"  models: not training (--no-train){owed}")
             return Skipped(f"--no-train{owed}")
-        trained, failed = _models(self.console, self.project, self.pending, self.models, always=bool(train))
+        outcomes, failed = _models(self.console, self.project, self.pending, self.models, always=bool(train))
+        trained = [o.model for o in outcomes]
         for name in trained:
             acted_on(self.project, name)
+        self.trained = [TrainedModel(model=o.model, version=o.version, run_id=o.run_id, promoted=o.promoted)
+                        for o in outcomes]
+        if trained and not self.triggers:
+            self.triggers = ("first training",)
+        _tag_runs(self.project, self.trained, self.run_id, self.triggers)
         if failed:
             raise RunFailed("training failed: " + "; ".join(failed))
         if not trained:
             return Skipped("nothing new to train on")
-        if not self.triggers:
-            self.triggers = ("first training",)
         return Done(len(trained), "trained: " + ", ".join(trained))
 
     def index(self) -> Done | Skipped:
@@ -315,6 +336,21 @@ class _Work:
             Skipped(f"{self.current} is current (its champions and indexes are unchanged)")
 
 
+def _tag_runs(project: Project, trained: list[TrainedModel], run_id: str, triggers: tuple[str, ...]) -> None:
+    """Each training run this nightly started names the nightly and why it trained: from MLflow a
+    user finds the run report (``millrace.nightly.report``)."""
+    from millrace.pipelines.stages import report_path
+    from millrace.training import registry
+
+    if not trained:
+        return
+    client = registry.connect(project)
+    for t in trained:
+        for key, value in (("millrace.nightly.run_id", run_id), ("millrace.nightly.triggers", "; ".join(triggers)),
+                           ("millrace.nightly.report", report_path(project, run_id))):
+            client.set_tag(t.run_id, key, value[:4000])
+
+
 def _model_names(project: Project) -> list[str]:
     from millrace.features.spec import load_features
     from millrace.training.spec import load_models
@@ -323,8 +359,8 @@ def _model_names(project: Project) -> list[str]:
 
 
 def _models(console, project: Project, pending: Pending, names: list[str],
-            always: bool) -> tuple[list[str], list[str]]:
-    """Train what is owed (or everything, ``always``); returns the models trained and the
+            always: bool) -> tuple[list, list[str]]:
+    """Train what is owed (or everything, ``always``); returns the training outcomes and the
     failures, one line each."""
     from millrace.pipelines.train import train_with_summary
     from millrace.training import registry
@@ -352,12 +388,12 @@ def _models(console, project: Project, pending: Pending, names: list[str],
     trained, failures = [], []
     for name in owed:
         try:
-            train_with_summary(console, project, [name])
+            outcome = train_with_summary(console, project, [name])[0]
         except TrainingError as exc:  # one refused model must not hold back the others; it stays owed
             console.print(f"[red]  {name}: {exc}[/]")
             failures.append(f"{name}: {exc}")
             continue
-        trained.append(name)
+        trained.append(outcome)
         pending = _settled(replace(pending, train=tuple(n for n in pending.train if n != name)))
         write_pending(project, pending)
     return trained, failures

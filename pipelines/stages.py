@@ -45,6 +45,15 @@ class StageReport(Record):
     detail: str = ""
 
 
+class TrainedModel(Record):
+    """A model this run trained: its MLflow run carries the tag ``millrace.nightly.run_id``."""
+
+    model: str
+    version: str
+    run_id: str
+    promoted: bool
+
+
 class RunReport(Record):
     """``<state>/nightly/runs/<run_id>.json``: one nightly, stage by stage."""
 
@@ -60,6 +69,7 @@ class RunReport(Record):
     error: str = ""
     training_triggers: list[str] = []
     drift_triggers: list[dict] = []  # the retraining triggers this run's drift stage recorded
+    models_trained: list[TrainedModel] = []
     release: str | None = None
     stages: list[StageReport]
 
@@ -84,6 +94,7 @@ class Chain:
         self.reports: list[StageReport] = []
         self.training_triggers: list[str] = []
         self.drift_triggers: list[dict] = []
+        self.models_trained: list[TrainedModel] = []
         self.release: str | None = None
 
     def run(self, name: str, stage: Callable[[], Done | Skipped]) -> Done | Skipped:
@@ -119,7 +130,7 @@ class Chain:
                          outcome="failed" if failed else "ok", failed_stage=failed[0] if failed else None,
                          exit_code=failed[1] if failed else 0, error=failed[2][:1000] if failed else "",
                          training_triggers=self.training_triggers, drift_triggers=self.drift_triggers,
-                         release=self.release, stages=rows)
+                         models_trained=self.models_trained, release=self.release, stages=rows)
 
     def write(self, failed: tuple[str, int, str] | None = None) -> tuple[RunReport, str]:
         """Atomically (a temp file renamed): a report on disk is always a whole one."""

@@ -6,7 +6,8 @@ from millrace.pipelines.errors import LandingInvalid, RunFailed
 
 
 def run_ingest_with_summary(console, project: Project, source: str, start, end, beam_args, expectations: bool,
-                            as_json: bool = False):
+                            as_json: bool = False, changed_only: bool = False,
+                            partitions: frozenset[str] | None = None, lock_wait: float = 0.0):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from millrace.pipelines.ingest import ingest
@@ -16,7 +17,8 @@ def run_ingest_with_summary(console, project: Project, source: str, start, end, 
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("ingest", total=None)
             result = ingest(project, source, start, end, beam_args, expectations,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+                            progress=lambda done, total: bar.update(task, completed=done, total=total),
+                            changed_only=changed_only, partitions=partitions, lock_wait=lock_wait)
     except LandingInvalid as exc:
         render_landing_problems(console, source, exc.problems)
         raise

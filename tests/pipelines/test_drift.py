@@ -62,6 +62,7 @@ def test_drift_fires_on_shifted_data_only_and_the_nightly_acts_on_it(project_dir
     assert second.returncode == 0, second.stdout + second.stderr
     drift = _stage(_report(state, second.stdout), "drift")
     assert drift["outcome"] == "done" and drift["detail"].startswith("no trigger"), drift
+    assert _stage(_report(state, second.stdout), "train")["outcome"] == "skipped"  # new data alone: no retraining
     verdicts = sorted((state / "drift").glob("*/*/verdict.json"))
     assert {p.parts[-3] for p in verdicts} == {"likes"}
     for path in verdicts:

@@ -60,10 +60,10 @@ def _land(landing: Path, ratings: pa.Table, movies: pa.Table | None, days) -> No
             out.writerows([m["movieId"], m["title"], m["year"], m["genres"]] for m in movies.to_pylist())
 
 
-def _nightly(project_dir: Path, state: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def _nightly(project_dir: Path, state: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
     env = cli_env(state, **({"MILLRACE_KILL_AT": kill_at} if kill_at else {}))
-    return subprocess.run(MILLRACE + ["--project", str(project_dir), "nightly"], capture_output=True, text=True,
-                          env=env, timeout=900)
+    return subprocess.run(MILLRACE + ["--project", str(project_dir), "nightly", *extra], capture_output=True,
+                          text=True, env=env, timeout=900)
 
 
 def _owed(state: Path) -> dict:
@@ -92,9 +92,9 @@ def test_killed_nightly_leaves_its_work_to_the_next_run(project_dir, tmp_path):
     assert "movielens.likes version 1" in second.stdout, second.stdout
     assert _owed(state)["train"] == [] and not _owed(state)["features"]
 
-    # New data lands; the run dies after rebuilding the features on it, before training.
+    # New data lands; a forced run dies after rebuilding the features on it, before training.
     _land(state / "landing", ratings, None, lambda day: day >= SPLIT_DAY)
-    third = _nightly(project_dir, state, kill_at="before_training")
+    third = _nightly(project_dir, state, "--force-train", kill_at="before_training")
     assert third.returncode == -signal.SIGKILL, third.stdout + third.stderr
     assert "features user_activity" in third.stdout and "partitions committed" in third.stdout
     assert _owed(state)["train"] == list(MODELS) and not _owed(state)["features"]
@@ -145,4 +145,4 @@ def test_a_failing_stage_stops_the_chain_with_its_name_and_the_rerun_completes(p
     assert outcomes["ingest"] == "skipped" and outcomes["features"] == "skipped", report  # kept, not redone
     assert outcomes["train"] == outcomes["release"] == "done" and report["outcome"] == "ok", report
     assert report["release"] and report["release"] in rerun.stdout
-    assert "new data in the lake" in report["training_triggers"], report
+    assert report["training_triggers"] == ["first training"], report
