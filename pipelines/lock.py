@@ -28,8 +28,10 @@ def lock_path(state_dir: str, source: str) -> str:
 
 
 @contextmanager
-def source_lock(state_dir: str, source: str, command: str | None = None) -> Iterator[LockHolder | None]:
-    """Hold the write lock of ``source`` for the block; ``SourceBusy`` if another process holds it."""
+def source_lock(state_dir: str, source: str, command: str | None = None,
+                wait: float = 0.0) -> Iterator[LockHolder | None]:
+    """Hold the write lock of ``source`` for the block; ``SourceBusy`` if another process holds it
+    (still, after ``wait`` seconds: a scheduler's tasks of one source queue at the lock)."""
     if is_uri(state_dir):  # no flock on object stores: one writer is then the scheduler's job
         yield None
         return
@@ -37,9 +39,15 @@ def source_lock(state_dir: str, source: str, command: str | None = None) -> Iter
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
             raise SourceBusy(f"{path}: source '{source}' is being written by {_describe(fd)} (fix: wait for that "
                              f"run to finish, then rerun; exit 75 means the same command can pass later)") from None
         me = LockHolder(pid=os.getpid(), host=socket.gethostname(),

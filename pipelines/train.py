@@ -77,9 +77,9 @@ def _uri(path: str) -> str:
 
 
 def train_with_summary(console, project: Project, names: list[str] | None = None, quantizer=None,
-                       force: bool = False) -> list:
+                       force: bool = False, promote: bool = True) -> list:
     """Train each model (default: all of models.yaml). ``force``: move champion even when the
-    current one cannot be re-scored on the new holdout."""
+    current one cannot be re-scored on the new holdout. ``promote`` False: never move champion."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from millrace.features.spec import load_features
@@ -101,7 +101,8 @@ def train_with_summary(console, project: Project, names: list[str] | None = None
                 bar.update(task, completed=epoch, loss=f"{loss:.4f}")
 
             outcome = train(project, features, models, name, table, time, lineage, progress=progress,
-                            quantizer=quantizer, say=console.print, force=force)
+                            quantizer=quantizer, say=console.print, force=force,
+                            promote=promote)
         _summary(console, outcome)
         outcomes.append(outcome)
     return outcomes

@@ -50,9 +50,12 @@ class Outcome:
 
 
 def train(project: Project, features: Features, models: Models, name: str, examples: pa.Table, time: str,
-          lineage: Lineage, *, progress=None, quantizer=None, say=lambda text: None, force: bool = False) -> Outcome:
+          lineage: Lineage, *, progress=None, quantizer=None, say=lambda text: None, force: bool = False,
+          promote: bool = True) -> Outcome:
     """Train model ``name`` on ``examples`` (rows of its examples source; ``time`` is the event time).
-    ``force``: move champion even when the current one cannot be re-scored on this holdout."""
+    ``force``: move champion even when the current one cannot be re-scored on this holdout.
+    ``promote`` False: register the version (challenger) with its gate verdict, never move champion
+    (a backfill's training)."""
     import mlflow
 
     from millrace.training import quantize
@@ -127,7 +130,9 @@ def train(project: Project, features: Features, models: Models, name: str, examp
                                              {registry.BUNDLE_TAG: bundle_uri, "millrace.registered_name": reg_name})
             mlflow.set_tag("mlflow.note.content", card)
             version = _register(client, reg_name, spec, run.info.run_id, logged.model_id, bundle_uri, verdict)
-            promoted = verdict.passed
+            promoted = verdict.passed and promote
+            if verdict.passed and not promote:
+                say(f"{reg_name} v{version}: gates passed; champion not moved (a backfill promotes only with --promote)")
             if promoted:
                 registry.move_alias(client, reg_name, registry.CHAMPION, version, f"gate passed: {verdict.summary}")
             mlflow.set_tags({"millrace.version": version, "millrace.promoted": str(promoted),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from millrace.pipelines.cli import (common, contracts, drift, example, features, index, ingest, lake, models, nightly,
-                                   release, serve, train)
+from millrace.pipelines.cli import (backfill, common, contracts, drift, example, features, index, ingest, lake, models,
+                                   nightly, release, serve, train)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="millrace: contracts, ingestion, validation, features and models for AI backends.")
@@ -38,6 +38,7 @@ app.add_typer(example.app, name="example")
 app.add_typer(ingest.app)
 app.add_typer(nightly.app)
 app.add_typer(drift.app)
+app.add_typer(backfill.app)
 app.add_typer(lake.app, name="lake")
 app.add_typer(features.app, name="features")
 app.add_typer(train.app)

@@ -17,6 +17,10 @@ def ingest(
     date: Optional[str] = typer.Option(None, "--date", help="Rebuild the partition(s) holding this landing date."),
     start: Optional[str] = typer.Option(None, "--from", help="First landing date of a range (backfill)."),
     end: Optional[str] = typer.Option(None, "--to", help="Last landing date of a range (backfill)."),
+    partition: Optional[list[str]] = typer.Option(None, "--partition", metavar="VALUE", help="Only this partition "
+                                                  "(repeatable; with a range: those of the range)."),
+    lock_wait: float = typer.Option(0.0, "--lock-wait", metavar="SECONDS", min=0, help="Wait this long for another "
+                                    "writer of the source to finish (default: fail at once, exit 75)."),
     expectations: bool = typer.Option(True, help="Run the Great Expectations suite before each commit."),
     as_json: bool = common.json_option(),
 ):
@@ -32,4 +36,5 @@ def ingest(
 
     project = common.project()
     lo, hi = common.date_range(date, start, end)
-    run_ingest_with_summary(common.console(as_json), project, source, lo, hi, list(ctx.args), expectations, as_json)
+    run_ingest_with_summary(common.console(as_json), project, source, lo, hi, list(ctx.args), expectations, as_json,
+                            partitions=frozenset(partition) if partition else None, lock_wait=lock_wait)
