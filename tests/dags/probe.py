@@ -12,6 +12,10 @@ HEAVY = ("millrace.pipelines", "millrace.training", "millrace.features", "apache
          "great_expectations", "evidently")
 
 
+def _mapped(task) -> bool:
+    return any(c.__name__ == "MappedOperator" for c in type(task).__mro__)
+
+
 def main() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -27,7 +31,9 @@ def main() -> None:
             "cron": getattr(dag.timetable, "expression", None), "catchup": dag.catchup,
             "schedule_assets": sorted(a.name for a in getattr(condition, "objects", ())),
             "outlets": {t.task_id: [o.name for o in t.outlets] for t in dag.tasks if t.outlets},
-            "retries": {t.task_id: t.retries for t in dag.tasks}}
+            "retries": {t.task_id: t.retries for t in dag.tasks},
+            "mapped": sorted(t.task_id for t in dag.tasks if _mapped(t)),
+            "params": sorted(dag.params)}
     if len(sys.argv) > 2:
         run = bag.get_dag(sys.argv[2]).test()
         out["run"] = {"state": str(run.state), "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()}}

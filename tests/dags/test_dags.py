@@ -40,7 +40,7 @@ def bag(tmp_path_factory) -> dict:
 def test_the_dag_folder_loads_without_errors_or_heavy_imports(bag):
     assert bag["errors"] == {}
     assert bag["heavy"] == []  # the DAG files call the CLI; parsing them loads none of the pipelines
-    assert set(bag["dags"]) == {"millrace_nightly", "millrace_retrain"}
+    assert set(bag["dags"]) == {"millrace_nightly", "millrace_retrain", "millrace_backfill"}
 
 
 def test_the_nightly_is_one_task_per_stage_daily_without_catchup(bag):
@@ -56,6 +56,13 @@ def test_the_drift_tasks_outlet_schedules_the_retrain_dag(bag):
     assert retrain["timetable"] == "AssetTriggeredTimetable"
     assert retrain["schedule_assets"] == nightly["outlets"]["drift"]
     assert retrain["tasks"] == ["train", "index", "release"]
+
+
+def test_the_backfill_maps_one_ingest_task_per_partition_of_its_params(bag):
+    backfill = bag["dags"]["millrace_backfill"]
+    assert backfill["tasks"] == ["plan", "ingest", "features"]
+    assert (backfill["timetable"], backfill["catchup"]) == ("NullTimetable", False)  # triggered by hand
+    assert backfill["mapped"] == ["ingest"] and sorted(backfill["params"]) == ["from", "to"]
 
 
 @pytest.mark.parametrize("code, error", [(75, "AirflowException"), (2, "AirflowFailException"),
