@@ -49,3 +49,37 @@ def test_a_killed_backfill_resumes_and_ends_equal_to_an_uninterrupted_one(projec
 
     assert_same_contents(committed_contents(project_dir, killed), committed_contents(project_dir, whole))
     assert not (killed / "mlflow.db").exists() and not (killed / "releases").exists()  # nothing trained
+
+
+def _models(project_dir: Path, state: Path) -> dict[str, dict]:
+    proc = subprocess.run(MILLRACE + ["--project", str(project_dir), "models", "list", "--json"], capture_output=True,
+                          text=True, env=cli_env(state), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return {m["model"]: m for m in json.loads(proc.stdout)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_backfill_moves_champion_only_with_promote(project_dir, tmp_path):
+    from tests.pipelines.test_nightly import MODELS, _tiny_project
+
+    _tiny_project(project_dir)
+    state = tmp_path / "state"
+    ratings, movies = synthetic()
+    _land(state / "landing", ratings, movies, lambda day: True)
+
+    trained = _backfill(project_dir, state, "--stages", "ingest,features,materialize,train", "--chunk", "12")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "champion not moved" in trained.stdout and "new versions are challengers" in trained.stdout
+    models = _models(project_dir, state)
+    assert all((models[m]["versions"], models[m]["champion"], models[m]["challenger"]) == (1, None, "1")
+               for m in MODELS), models
+    assert not (state / "releases").exists()
+
+    promoted = _backfill(project_dir, state, "--stages", "train", "--promote")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    record = json.loads((state / "backfills" / "2020-01-01_2020-04-30.json").read_text())
+    assert record["promote"] and sorted(record["trained"]) == sorted(MODELS) and record["release"], record
+    models = _models(project_dir, state)
+    assert all(models[m]["champion"] == "2" for m in MODELS), models
+    assert (state / "releases" / "CURRENT").exists() and record["release"] in promoted.stdout

@@ -242,3 +242,39 @@ def test_models_commands(nightly_state):
     _assert_one_line_error(run(["train", "--model", "nope"], state, check=False), "unknown model 'nope'",
                            "movie_retrieval")
     _assert_one_line_error(run(["models", "show", "nope"], state, check=False), "unknown model 'nope'")
+
+
+@pytest.mark.slow
+def test_nightly_date_skips_committed_work_unless_rerun(nightly_copy):
+    state, env = nightly_copy.state, nightly_copy.env
+    again = json.loads(run(["nightly", "--date", "2016-10-03", "--no-train", "--json"], state, **env).stdout)
+    stages = {s["stage"]: s for s in again["stages"]}
+    assert stages["ingest"]["outcome"] == "skipped" and stages["features"]["outcome"] == "skipped", again
+
+    redo = json.loads(run(["nightly", "--date", "2016-10-03", "--rerun", "--no-train", "--json"], state, **env).stdout)
+    stages = {s["stage"]: s for s in redo["stages"]}
+    assert stages["ingest"]["outcome"] == "done" and "1 partition(s) committed" in stages["ingest"]["detail"], redo
+    assert stages["features"]["outcome"] == "done" and stages["drift"]["outcome"] == "done", redo
+    assert stages["train"]["outcome"] == "skipped" and redo["models_trained"] == [], redo
+
+
+@pytest.mark.slow
+def test_backfill_plan_lists_the_partitions_of_the_range(nightly_state):
+    state, _ = nightly_state
+    planned = json.loads(run(["backfill", "--from", "2016-09-01", "--to", "2016-10-16", "--plan", "--json"],
+                             state).stdout)
+    assert [(p["source"], p["partition"]) for p in planned] == [
+        ("ratings", "2016-09"), ("ratings", "2016-10"), ("movies", "2016-10-16")], planned
+    assert planned[1]["first_landing"] == "2016-10-03" and planned[1]["last_landing"] == "2016-10-16", planned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needles", [
+    (["nightly", "--rerun"], ("--rerun", "needs --date")),
+    (["backfill", "--from", "2016-02-01", "--to", "2016-01-01"], ("is after --to", "swap them")),
+    (["backfill", "--from", "2016-01-01", "--to", "2016-02-01", "--stages", "ingest,deploy"], ("unknown stage", "deploy")),
+])
+def test_backfill_and_rerun_bad_input_is_one_line(tmp_path, args, needles):
+    proc = run(args, tmp_path, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    _assert_one_line_error(proc, *needles)

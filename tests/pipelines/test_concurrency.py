@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,24 @@ def test_a_second_writer_fails_with_75_naming_the_holder_and_kill_9_frees_the_lo
         with pytest.raises(SourceBusy):                      # flock is per open file: even this process waits
             with lock.source_lock(str(state), "ratings"):
                 pass
+
+
+def test_a_writer_given_a_wait_queues_at_the_lock_and_gives_up_after_it(tmp_path):
+    state = tmp_path / "state"
+    holder = _holder(state)
+    try:
+        began = time.monotonic()
+        with pytest.raises(SourceBusy):
+            with lock.source_lock(str(state), "ratings", wait=1.0):
+                pass
+        assert time.monotonic() - began >= 1.0
+        threading.Timer(1.0, holder.send_signal, (signal.SIGKILL,)).start()
+        began = time.monotonic()
+        with lock.source_lock(str(state), "ratings", wait=30.0) as me:  # the holder dies a second later
+            assert me.pid == os.getpid() and 0.9 <= time.monotonic() - began < 30
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture
