@@ -1,12 +1,17 @@
-"""``millrace drift``: have the newest data's model inputs moved away from what the champion was
-trained on?
+"""``millrace drift``: have the model inputs of the data that came after the champion moved away
+from the data it was trained and validated on?
 
-For each model with a champion: the **reference** is the end of the champion's training period:
-the newest ``drift.reference_rows`` examples (models.yaml) before its holdout cut (``split.at`` of
-its MLflow run); the **current** rows are the newest partition of the examples source (or
-``--date``'s), widened back over earlier partitions until they hold ``drift.min_rows``. Both get the model's
-input features point in time from the offline store (the training code's join, so the values
-are the ones the model was fed and is served). validation.drift runs Evidently on them.
+For each model with a champion: the **current** rows are the rows newer than the newest event the
+champion saw (``split.until`` of its MLflow run: the end of its holdout), the newest partition of
+them widened back over earlier partitions until they hold ``drift.min_rows``; with fewer new rows
+than that the check waits (skipped, no trigger). With ``--date``, that day's partition widened the
+same way, new to the champion or not. The **reference** is the newest ``drift.reference_rows``
+examples (models.yaml) the champion saw, the current ones left out. Comparing only what is new to
+the champion is what stops a loop: rows it was already validated on, compared again after every
+retraining, would trigger again on any data with a trend. Both get the model's input features
+point in time from the offline store (the training code's join, so the values are the ones the
+model was fed and is served). validation.drift runs Evidently on them. A champion trained before
+``split.until`` was recorded falls back to its holdout cut (``split.at``).
 
 Left under ``<state>/drift/<model>/<date>/``: ``report.html``, ``report.json`` (Evidently's) and
 ``verdict.json`` (:class:`DriftRecord`); the same are logged to an MLflow run ``drift-<date>`` in
@@ -55,7 +60,7 @@ class DriftRecord(Record):
     left_out: list[str]
     reference_rows: int
     current_rows: int
-    reference_until: str            # the champion's holdout cut: the reference is before it
+    reference_until: str            # the newest event the champion saw: the reference is up to it
     report_html: str
     report_json: str
     checked_at: str
@@ -110,17 +115,28 @@ def drift(project: Project, models: list[str] | None = None, date: dt.date | Non
             checked.append(Checked(name, None, NO_CHAMPION))
             continue
         run_id = registry.get_version(client, reg, champion).run_id
-        cut = client.get_run(run_id).data.params.get("split.at")
-        if not cut:
-            checked.append(Checked(name, None, f"v{champion}'s run records no training period (split.at)"))
+        params = client.get_run(run_id).data.params
+        seen = params.get("split.until") or params.get("split.at")
+        if not seen:
+            checked.append(Checked(name, None, f"v{champion}'s run records no training period (split.until)"))
             continue
-        record = _check(project, features, specs.get(name), name, champion, dt.datetime.fromisoformat(cut), date, say)
+        try:
+            record = _check(project, features, specs.get(name), name, champion, dt.datetime.fromisoformat(seen),
+                            date, say)
+        except _TooFewNewRows as wait:
+            say(f"drift {name}: {wait}")
+            checked.append(Checked(name, None, str(wait)))
+            continue
         _log_to_mlflow(client, project, name, record)
         checked.append(Checked(name, record))
     return checked
 
 
-def _check(project: Project, features, spec, name: str, champion: str, cut: dt.datetime, date: dt.date | None,
+class _TooFewNewRows(Exception):
+    """Not yet enough rows new to the champion to compare: the check waits for more."""
+
+
+def _check(project: Project, features, spec, name: str, champion: str, seen: dt.datetime, date: dt.date | None,
            say) -> DriftRecord:
     from millrace.features.expr import derive
     from millrace.features.training_set import training_set
@@ -132,14 +148,21 @@ def _check(project: Project, features, spec, name: str, champion: str, cut: dt.d
     table = derive(lake.read_source(project.lake, source, key), features.derived_columns(source))
     if table.num_rows == 0:
         raise PipelineError(f"drift of {name}: the source '{source}' has no committed rows (fix: ingest it first)")
-    partitions = _current_partitions(table, key, spec.drift.min_rows, date, source)
+    until = pa.scalar(seen).cast(table.schema.field(time).type)
+    known = pc.less_equal(table.column(time), until)
+    candidates = table if date is not None else table.filter(pc.invert(known))
+    if date is None and candidates.num_rows < spec.drift.min_rows:
+        raise _TooFewNewRows(f"{candidates.num_rows:,} row(s) newer than v{champion}'s data (up to "
+                             f"{seen:%Y-%m-%d %H:%M}); the check waits for drift.min_rows ({spec.drift.min_rows:,})")
+    partitions = _current_partitions(candidates, key, spec.drift.min_rows, date, source)
+    in_current = pc.is_in(candidates.column(key), value_set=pa.array(partitions, table.schema.field(key).type))
+    current = candidates.filter(in_current)
     in_current = pc.is_in(table.column(key), value_set=pa.array(partitions, table.schema.field(key).type))
-    current = table.filter(in_current)
-    until = pa.scalar(cut).cast(table.schema.field(time).type)
-    reference = table.filter(pc.less(table.column(time), until))
+    reference = table.filter(pc.and_(known, pc.invert(in_current)))
     if reference.num_rows == 0:
-        raise PipelineError(f"drift of {name}: no committed rows before v{champion}'s holdout cut {cut} "
-                            f"(fix: the lake no longer holds the champion's training data; retrain it)")
+        raise PipelineError(f"drift of {name}: no committed rows of v{champion}'s training period (up to {seen}) "
+                            f"outside the compared partitions (fix: the lake no longer holds the champion's "
+                            f"training data; retrain it)")
     reference = _newest_rows(reference, time, spec.drift.reference_rows)
     refs = spec.input_features
     reference, current = (training_set(project, features, t, refs, time) for t in (reference, current))
@@ -159,7 +182,7 @@ def _check(project: Project, features, spec, name: str, champion: str, cut: dt.d
         columns=[ColumnRecord(column=c.column, method=c.method, score=c.score, threshold=c.threshold,
                               drifted=c.drifted) for c in verdict.columns],
         left_out=verdict.left_out, reference_rows=verdict.reference_rows, current_rows=verdict.current_rows,
-        reference_until=cut.isoformat(), report_html=html, report_json=report_json,
+        reference_until=seen.isoformat(), report_html=html, report_json=report_json,
         checked_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     verdict_path = os.path.join(folder, "verdict.json")
     _write(verdict_path, record.to_json())
@@ -186,7 +209,7 @@ def _current_partitions(table: pa.Table, key: str, min_rows: int, date: dt.date 
     values, sizes = counts.column(key).to_pylist(), counts.column("count_all").to_pylist()
     if date is not None:
         keep = [i for i, v in enumerate(values) if _as_date(v) <= date]
-        if not keep or _as_date(values[keep[0]]) != date:
+        if not keep or not _holds(values[keep[0]], date):
             raise PipelineError(f"drift: no committed partition of '{source}' for {date} "
                                 f"(fix: ingest it first, or leave out --date for the newest)")
         values, sizes = [values[i] for i in keep], [sizes[i] for i in keep]
@@ -200,7 +223,16 @@ def _current_partitions(table: pa.Table, key: str, min_rows: int, date: dt.date 
 
 
 def _as_date(value) -> dt.date:
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+    """The first day of a partition value: a date, or text by day, month or year (2016-10-16, 2016-10, 2016)."""
+    if isinstance(value, dt.date):
+        return value
+    text = str(value)[:10]
+    return dt.date.fromisoformat(text + {4: "-01-01", 7: "-01"}.get(len(text), ""))
+
+
+def _holds(value, date: dt.date) -> bool:
+    """Whether the partition ``value`` (by day, month or year) holds ``date``."""
+    return date.isoformat().startswith(_as_date(value).isoformat()[:len(str(value)[:10])])
 
 
 def trigger_path(project: Project, model: str) -> str:

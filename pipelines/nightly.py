@@ -264,7 +264,7 @@ class _Work:
         write_pending(self.project, self.pending)  # one write: the check done and what it owes
         compared = [c.record for c in checked if c.record is not None]
         if not compared:
-            return Skipped("no champion yet")
+            return Skipped("; ".join(f"{c.model}: {c.why}" for c in checked) or "no champion yet")
         for r in compared:
             self.console.print(f"  drift {r.model}: share {r.share:.2f} of {len(r.columns)} columns "
                                f"(threshold {r.threshold:.2f}){': retraining triggered' if r.triggered else ''}")

@@ -76,7 +76,7 @@ def train(project: Project, features: Features, models: Models, name: str, examp
                           tags=registry.process_tags()) as run:
         checkpoint("after_run_start")
         try:
-            _log_inputs(spec, split, lineage)
+            _log_inputs(spec, split, lineage, time)
             say(f"training {name} ({spec.family}) on {split.train.num_rows:,} examples, "
                 f"holdout {split.holdout.num_rows:,} from {split.cut}")
             fitted = family(spec).fit(project, features, spec, split, time, name, progress)
@@ -201,13 +201,19 @@ def _log_metrics(results: dict, latency: dict) -> None:
     mlflow.log_metrics({k: float(v) for k, v in flat.items() if v == v})  # NaN (undefined) is left out
 
 
-def _log_inputs(spec: ModelSpec, split, lineage: Lineage) -> None:
+def _log_inputs(spec: ModelSpec, split, lineage: Lineage, time: str) -> None:
     import mlflow
+    import pyarrow.compute as pc
     from mlflow.data.meta_dataset import MetaDataset
+
+    # the newest event the model saw (training or holdout): drift compares what came after it
+    ends = [pc.max(t.column(time)).as_py() for t in (split.train, split.holdout) if t.num_rows]
+    until = max((e for e in ends if e is not None), default=None)
 
     params = {"family": spec.family, "task": spec.task, "examples.source": spec.examples.source,
               "label": f"{spec.label.column} {spec.label.op or ''} {spec.label.value if spec.label.op else ''}".strip(),
               "split.holdout": spec.split.holdout, "split.at": str(split.cut), "primary": spec.primary,
+              "split.until": str(until) if until is not None else "",
               "quantization.method": spec.quantization.method,
               "quantization.max_metric_drop": spec.quantization.max_metric_drop,
               "features": json.dumps(spec.features or {"user": spec.user.features, "item": spec.item.features})[:6000],

@@ -18,7 +18,7 @@ from tests.pipelines.test_nightly import _land, _nightly, _report
 from tests.training.conftest import START, TINY_MODELS, synthetic
 
 DAYS = 240
-SPLIT_DAY = (START + dt.timedelta(days=200)).date()  # landed first: the days before; then the rest
+SPLIT_DAY = (START + dt.timedelta(days=160)).date()  # landed first: the days before; then the rest
 # Inputs over 30-day windows: stationary once the windows have filled (all-time means narrow for as
 # long as the history grows, which Evidently rightly reads as drift). The reference, the newest
 # 1,100 training rows, starts well past the first 30 days, and is over 1,000 rows: compared by distance.
@@ -56,8 +56,16 @@ def test_drift_fires_on_shifted_data_only_and_the_nightly_acts_on_it(project_dir
     assert first.returncode == 0, first.stdout + first.stderr
     assert _stage(_report(state, first.stdout), "drift")["outcome"] == "skipped"  # no champion to compare with
 
-    # More days of the same distribution: compared, no trigger.
-    _land(state / "landing", ratings, None, lambda day: day >= SPLIT_DAY)
+    # A few new days (fewer rows than drift.min_rows): the check waits, nothing is trained.
+    few = SPLIT_DAY + dt.timedelta(days=5)
+    _land(state / "landing", ratings, None, lambda day: SPLIT_DAY <= day < few)
+    waits = _report(state, _nightly(project_dir, state).stdout)
+    assert _stage(waits, "drift")["outcome"] == "skipped", waits
+    assert "row(s) newer than v1's data" in _stage(waits, "drift")["detail"], waits
+    assert _stage(waits, "train")["outcome"] == "skipped" and waits["models_trained"] == [], waits
+
+    # More days of the same distribution: compared (only rows new to the champion), no trigger.
+    _land(state / "landing", ratings, None, lambda day: day >= few)
     second = _nightly(project_dir, state)
     assert second.returncode == 0, second.stdout + second.stderr
     drift = _stage(_report(state, second.stdout), "drift")
@@ -84,10 +92,11 @@ def test_drift_fires_on_shifted_data_only_and_the_nightly_acts_on_it(project_dir
     trigger = json.loads(acted[0].read_text())
     assert trigger["share"] > trigger["threshold"] and trigger["columns"], trigger
 
-    # `millrace drift` by itself: the report on stdout, the trigger left for whoever acts on it.
-    alone = subprocess.run(MILLRACE + ["--project", str(project_dir), "drift", "--json"], capture_output=True,
-                           text=True, env=cli_env(state), timeout=600)
+    # `millrace drift --date` by itself: that month against the rest of what the champion saw; the
+    # report on stdout, the trigger left for whoever acts on it.
+    alone = subprocess.run(MILLRACE + ["--project", str(project_dir), "drift", "--date", "2020-10-01", "--json"],
+                           capture_output=True, text=True, env=cli_env(state), timeout=600)
     assert alone.returncode == 0, alone.stderr
     checked = json.loads(alone.stdout)
-    assert [(c["model"], c["triggered"]) for c in checked] == [("likes", True)], checked
+    assert [(c["model"], c["triggered"], c["date"]) for c in checked] == [("likes", True, "2020-10")], checked
     assert [p.stem for p in (state / "drift" / "triggers").glob("*.json")] == ["likes"]
