@@ -143,7 +143,9 @@ def backfill(console, project: Project, start: dt.date, end: dt.date, stages: tu
             def one_source(source: str) -> None:
                 began = time.perf_counter()
                 for first, last, group in plans[source]:
-                    result = ingest(project, source, first, last, beam_args, expectations)
+                    # exactly the chunk's partitions: another one may share a landing date with it
+                    result = ingest(project, source, first, last, beam_args, expectations,
+                                    partitions=frozenset(group))
                     if result.rejected:
                         names = ", ".join(f"{r.key}={r.partition}" for r in result.rejected)
                         raise RunFailed(f"{source}: partition(s) not committed: {names} "
