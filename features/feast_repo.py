@@ -13,6 +13,7 @@ against the one name rule when features.yaml is loaded).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -143,11 +144,56 @@ def write_repo(project: Project, features: Features) -> str:
     return folder
 
 
+def import_feast():
+    """``import feast`` without typeguard's instrumentation of it. Feast decorates its classes with
+    ``@typeguard.typechecked``, which re-parses the whole module's source for every decorated
+    function at import time: here ~2.9 s of the ~4.6 s ``import feast`` takes, paid by every
+    materialize. Those checks guard Feast's constructors against arguments of the wrong type;
+    ours are built by the fixed REPO_PY from repo.json, whose types are checked when it is
+    written. typeguard makes the decorator a no-op under ``python -O`` for the same reason
+    (checks meant for development); here only for the modules Feast imports now, and restored
+    right after for any other code in the process."""
+    import sys
+
+    if "feast" in sys.modules:
+        return sys.modules["feast"]
+    import typeguard
+
+    instrumenting = typeguard.typechecked
+    typeguard.typechecked = _not_instrumented
+    sys.modules.setdefault("feast.torch_wrapper", _torch_on_first_use())
+    try:
+        import feast
+    finally:
+        typeguard.typechecked = instrumenting
+    return feast
+
+
+def _not_instrumented(target=None, **_options):
+    return (lambda t: t) if target is None else target
+
+
+def _torch_on_first_use():
+    """A stand-in for ``feast.torch_wrapper``, which imports torch (~1.7 s) when Feast is imported,
+    for the tensor conversions of retrieval jobs that millrace never calls. Feast's modules take
+    only ``get_torch`` from it; here it imports torch when first called."""
+    import types
+
+    def get_torch():
+        import torch
+
+        return torch
+
+    module = types.ModuleType("feast.torch_wrapper", _torch_on_first_use.__doc__)
+    module.get_torch = get_torch
+    return module
+
+
 def feature_store(project: Project):
     """Feast's FeatureStore on the generated repository, with the stores configured now
     (an online store or registry changed in millrace.yaml or the environment takes effect
     without a rebuild)."""
-    from feast import FeatureStore
+    FeatureStore = import_feast().FeatureStore
 
     path = os.path.join(repo_dir(project), "feature_store.yaml")
     if not os.path.exists(path):
@@ -160,8 +206,8 @@ def feature_store(project: Project):
 
 def definitions(project: Project) -> list:
     """The objects defined by the generated repo.py (the same code the feast CLI runs)."""
-    from feast import Entity, FeatureView, FileSource
-
+    feast = import_feast()
+    Entity, FeatureView, FileSource = feast.Entity, feast.FeatureView, feast.FileSource
     path = os.path.join(repo_dir(project), "repo.py")
     namespace: dict = {"__file__": path, "__name__": "millrace_feast_repo"}
     exec(compile(REPO_PY, path, "exec"), namespace)  # fixed code (REPO_PY); user strings are data in repo.json
@@ -177,7 +223,64 @@ def apply(project: Project, features: Features):
         views = {o.name for o in objects if type(o).__name__ == "FeatureView"}
         stale = [fv for fv in store.list_feature_views() if fv.name not in views]
         store.apply(objects, objects_to_delete=stale, partial=False)
+    storage.write_bytes(_applied_path(project), _repo_fingerprint(project).encode())  # what the registry holds
     return store
+
+
+def _applied_path(project: Project) -> str:
+    return os.path.join(repo_dir(project), "applied.sha256")
+
+
+def applied(project: Project, features: Features):
+    """What materialize needs of Feast (``get_feature_view``, ``registry``, ``project``), after the
+    repository is applied. A nightly applies the same repository every day: when the generated
+    files are those last applied and the file registry is there, the registry is opened alone,
+    without a FeatureStore (whose configuration check imports the Dask offline store, ~0.5 s) and
+    without re-applying. A registry that has lost the views fails the read and is applied again."""
+    write_repo(project, features)
+    stamp, fingerprint = _applied_path(project), _repo_fingerprint(project)
+    if project.registry == "file" and os.path.exists(registry_path(project)) and os.path.exists(stamp) \
+            and open(stamp, encoding="utf-8").read() == fingerprint:
+        registry = _Registry(project)
+        with registry_errors(project):
+            if all(_has_view(registry, v) for v in features.views):
+                return registry
+    return apply(project, features)
+
+
+def _repo_fingerprint(project: Project) -> str:
+    digest = hashlib.sha256()
+    for name in ("feature_store.yaml", "repo.json", "repo.py"):
+        digest.update(storage.read_bytes(os.path.join(repo_dir(project), name)))
+    return digest.hexdigest()
+
+
+def _has_view(registry: _Registry, name: str) -> bool:
+    try:
+        registry.get_feature_view(name)
+        return True
+    except Exception as exc:  # noqa: BLE001 - Feast's FeatureViewNotFoundException: apply again
+        if type(exc).__name__ == "FeatureViewNotFoundException":
+            return False
+        raise
+
+
+class _Registry:
+    """Feast's file registry of the project, opened without a FeatureStore."""
+
+    def __init__(self, project: Project):
+        import_feast()
+        from pathlib import Path
+
+        from feast.infra.registry.registry import Registry
+        from feast.repo_config import RegistryConfig
+
+        self.project = project.name
+        config = RegistryConfig(registry_type="file", path=registry_path(project), cache_ttl_seconds=60)
+        self.registry = Registry(project.name, config, Path(repo_dir(project)))
+
+    def get_feature_view(self, name: str):
+        return self.registry.get_feature_view(name, self.project)
 
 
 def registry_path(project: Project) -> str:

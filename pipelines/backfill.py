@@ -173,15 +173,14 @@ def backfill(console, project: Project, start: dt.date, end: dt.date, stages: tu
         record = record.model_copy(update={"features_built": True})
         _write(project, record)
     if "materialize" in stages and (project.root / "features.yaml").exists() and not record.materialized:
-        from millrace.features.feast_repo import apply
+        from millrace.features.feast_repo import applied
         from millrace.features.materialize import materialize
         from millrace.features.spec import load_features
 
         began = time.perf_counter()
         with console.status("materializing..."):
             features = load_features(project)
-            apply(project, features)
-            materialize(project, features)
+            materialize(project, features, store=applied(project, features))
         timings["materialize"] = time.perf_counter() - began
         record = record.model_copy(update={"materialized": True})
         _write(project, record)

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from millrace.contracts.project import Project
 from millrace.contracts.records import Record
 from millrace.pipelines import lake
+from millrace.pipelines.champions import ChampionFacts, Champions
 from millrace.pipelines.errors import PipelineError
 
 class ColumnRecord(Record):
@@ -92,8 +93,6 @@ class Checked:
 def drift(project: Project, models: list[str] | None = None, date: dt.date | None = None,
           say=lambda text: None) -> list[Checked]:
     from millrace.features.spec import load_features
-    from millrace.training import registry
-    from millrace.training.errors import UnknownModel
     from millrace.training.spec import load_models
 
     features = load_features(project)
@@ -101,35 +100,60 @@ def drift(project: Project, models: list[str] | None = None, date: dt.date | Non
     names = models or list(specs.names)
     for name in names:
         specs.get(name)  # UnknownModel, with the valid names
-    client = registry.connect(project)
+    champions = Champions(project, lambda client, name: _champion_facts(client, project, name))
     checked = []
     for name in names:
-        reg = registry.registered_name(project, name)
-        try:
-            registry.versions(client, reg)
-        except UnknownModel:
-            checked.append(Checked(name, None, NOT_TRAINED))
+        facts = champions.of(name)
+        if facts.champion is None:
+            checked.append(Checked(name, None, facts.why))
             continue
-        champion = registry.alias_target(client, reg, registry.CHAMPION)
-        if champion is None:
-            checked.append(Checked(name, None, NO_CHAMPION))
-            continue
-        run_id = registry.get_version(client, reg, champion).run_id
-        params = client.get_run(run_id).data.params
-        seen = params.get("split.until") or params.get("split.at")
-        if not seen:
-            checked.append(Checked(name, None, f"v{champion}'s run records no training period (split.until)"))
+        if not facts.seen:
+            checked.append(Checked(name, None, f"v{facts.champion}'s run records no training period (split.until)"))
             continue
         try:
-            record = _check(project, features, specs.get(name), name, champion, dt.datetime.fromisoformat(seen),
-                            date, say)
+            record = _check(project, features, specs.get(name), name, facts.champion,
+                            dt.datetime.fromisoformat(facts.seen), date, say)
         except _TooFewNewRows as wait:
             say(f"drift {name}: {wait}")
             checked.append(Checked(name, None, str(wait)))
             continue
-        _log_to_mlflow(client, project, name, record)
+        _log_to_mlflow(champions.client, project, name, record)
         checked.append(Checked(name, record))
+    champions.keep()
     return checked
+
+
+def champion_facts(project: Project, models: list[str]) -> dict[str, ChampionFacts]:
+    """Each model's champion facts, from the registry or its unchanged copy (``pipelines.champions``)."""
+    champions = Champions(project, lambda client, name: _champion_facts(client, project, name))
+    facts = {name: champions.of(name) for name in models}
+    champions.keep()
+    return facts
+
+
+def remember_champions(project: Project, models: list[str]) -> None:
+    """After training changed the registry: keep its champions' facts, so that the next drift check
+    need not connect to MLflow (the last write to the registry of a nightly that trained)."""
+    champions = Champions(project, lambda client, name: _champion_facts(client, project, name), reread=True)
+    for name in models:
+        champions.of(name)
+    champions.keep()
+
+
+def _champion_facts(client, project: Project, name: str) -> ChampionFacts:
+    from millrace.training import registry
+    from millrace.training.errors import UnknownModel
+
+    reg = registry.registered_name(project, name)
+    try:
+        registry.versions(client, reg)
+    except UnknownModel:
+        return ChampionFacts(name, None, why=NOT_TRAINED)
+    champion = registry.alias_target(client, reg, registry.CHAMPION)
+    if champion is None:
+        return ChampionFacts(name, None, why=NO_CHAMPION)
+    params = client.get_run(registry.get_version(client, reg, champion).run_id).data.params
+    return ChampionFacts(name, champion, seen=params.get("split.until") or params.get("split.at") or "")
 
 
 class _TooFewNewRows(Exception):
@@ -208,7 +232,7 @@ def _current_partitions(table: pa.Table, key: str, min_rows: int, date: dt.date 
     counts = table.group_by(key).aggregate([([], "count_all")]).sort_by([(key, "descending")])
     values, sizes = counts.column(key).to_pylist(), counts.column("count_all").to_pylist()
     if date is not None:
-        keep = [i for i, v in enumerate(values) if _as_date(v) <= date]
+        keep = [i for i, v in enumerate(values) if lake.period_start(v) <= date]
         if not keep or not _holds(values[keep[0]], date):
             raise PipelineError(f"drift: no committed partition of '{source}' for {date} "
                                 f"(fix: ingest it first, or leave out --date for the newest)")
@@ -222,17 +246,9 @@ def _current_partitions(table: pa.Table, key: str, min_rows: int, date: dt.date 
     return chosen
 
 
-def _as_date(value) -> dt.date:
-    """The first day of a partition value: a date, or text by day, month or year (2016-10-16, 2016-10, 2016)."""
-    if isinstance(value, dt.date):
-        return value
-    text = str(value)[:10]
-    return dt.date.fromisoformat(text + {4: "-01-01", 7: "-01"}.get(len(text), ""))
-
-
 def _holds(value, date: dt.date) -> bool:
     """Whether the partition ``value`` (by day, month or year) holds ``date``."""
-    return date.isoformat().startswith(_as_date(value).isoformat()[:len(str(value)[:10])])
+    return date.isoformat().startswith(lake.period_start(value).isoformat()[:len(str(value)[:10])])
 
 
 def trigger_path(project: Project, model: str) -> str:

@@ -28,16 +28,17 @@ from millrace.features.spec import Features
 from millrace.pipelines import lake
 
 
-def source_rows(project: Project, source: str, until: dt.date | None = None) -> tuple[pa.Table, list[LakeInput]]:
-    """Committed rows of a source (events up to the end of ``until``) and the partitions read."""
+def source_rows(project: Project, source: str, until: dt.date | None = None,
+                read: dict | None = None) -> tuple[pa.Table, list[LakeInput]]:
+    """Committed rows of a source (events up to the end of ``until``) and the partitions read.
+    ``read``: the sources already read by this build (views of one source read its lake once)."""
     contract = project.contract(source)
-    key = contract.partitioning.key
-    tables, inputs = [], []
-    for part, t in lake.snapshot(project.lake, source, key):  # rows and manifest of one commit each
-        tables.append(t.append_column(key, pa.repeat(pa.scalar(part.value), t.num_rows)))
-        inputs.append(LakeInput(partition=f"{key}={part.value}", run_id=part.manifest.run_id,
-                                contract_version=part.manifest.contract.version, rows=part.manifest.rows))
-    table = pa.concat_tables(tables) if tables else None
+    if read is not None and source in read:
+        table, inputs = read[source]
+    else:
+        table, inputs = _read_source(project, source)
+        if read is not None:
+            read[source] = table, inputs
     if table is not None and until is not None and contract.event_time:
         end = pa.scalar(dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.timezone.utc),
                         TIMESTAMP)
@@ -45,14 +46,59 @@ def source_rows(project: Project, source: str, until: dt.date | None = None) -> 
     return table, inputs
 
 
-def latest_snapshot(project: Project, source: str) -> tuple[pa.Table | None, list[LakeInput]]:
+def _read_source(project: Project, source: str) -> tuple[pa.Table | None, list[LakeInput]]:
+    key = project.contract(source).partitioning.key
+    tables, inputs = [], []
+    for part, t in lake.snapshot(project.lake, source, key):  # rows and manifest of one commit each
+        tables.append(t.append_column(key, pa.repeat(pa.scalar(part.value), t.num_rows)))
+        inputs.append(LakeInput(partition=f"{key}={part.value}", run_id=part.manifest.run_id,
+                                contract_version=part.manifest.contract.version, rows=part.manifest.rows))
+    return (pa.concat_tables(tables) if tables else None), inputs
+
+
+def latest_snapshot(project: Project, source: str, read: dict | None = None) -> tuple[pa.Table | None, list[LakeInput]]:
     """The rows of the newest committed partition (a catalogue snapshot)."""
-    table, inputs = source_rows(project, source)
+    table, inputs = source_rows(project, source, read=read)
     if table is None:
         return None, inputs
     key = project.contract(source).partitioning.key
     newest = pc.max(table.column(key))
     return table.filter(pc.equal(table.column(key), newest)), inputs[-1:]
+
+
+def first_changed_day(project: Project, features: Features, committed: dict[str, list[str]]) -> dt.date | None:
+    """The earliest snapshot day that newly committed partitions (source -> partition values) can
+    change, or None when every day may have changed. Snapshots look back only, so days before the
+    earliest new event keep their values. That day is known when each such partition holds events of
+    one period (its source is partitioned by event time) and no view reads the source whole (a
+    static view's catalogue, an enrichment lookup)."""
+    whole = {v.source for v in features.views.values() if v.static} | \
+        {v.enrich.source for v in features.views.values() if v.enrich}
+    days = []
+    for source, values in committed.items():
+        if not values:
+            continue
+        if source in whole or not project.contract(source).partitioning.field:
+            return None
+        days.extend(lake.period_start(v) for v in values)
+    return min(days) if days else None
+
+
+def rebuildable_from(project: Project, features: Features, day: dt.date | None) -> dt.date | None:
+    """``day`` when a rebuild of the days from it on gives the tables a whole rebuild would: every
+    view was built before, from the features.yaml of now. Otherwise None (rebuild whole)."""
+    if day is None:
+        return None
+    spec_hash = _spec_hash(features)
+    for name in features.views:
+        manifest = offline.read_manifest(project.offline, name)
+        if manifest is None or manifest.features_yaml_sha256 != spec_hash:
+            return None
+    return day
+
+
+def _spec_hash(features: Features) -> str:
+    return hashlib.sha256(features.path.read_bytes()).hexdigest()[:16]
 
 
 class _BuildFn(beam.DoFn):
@@ -69,23 +115,29 @@ class _BuildFn(beam.DoFn):
         self.project = load_project(self.project_root, self.locations)
         self.features = load_features(self.project)
 
+    def start_bundle(self):
+        self.read: dict = {}  # the sources read in this bundle: one lake read for all their views
+
     def process(self, view_name: str):
-        yield build_view(self.project, self.features, view_name, self.first, self.last, self.run_id)
+        yield build_view(self.project, self.features, view_name, self.first, self.last, self.run_id, self.read)
+
+    def finish_bundle(self):
+        self.read = {}
 
 
 def build_view(project: Project, features: Features, name: str, first: dt.date | None, last: dt.date | None,
-               run_id: str) -> ViewBuildReport:
+               run_id: str, read: dict | None = None) -> ViewBuildReport:
     started = time.time()
     view = features.view(name)
     if view.static:
-        events, inputs = latest_snapshot(project, view.source)
+        events, inputs = latest_snapshot(project, view.source, read)
     else:
-        events, inputs = source_rows(project, view.source, last)
+        events, inputs = source_rows(project, view.source, last, read)
     if events is None:
         return ViewBuildReport(view=name, status="skipped", problem=f"source '{view.source}' has no committed partitions")
     lookup = None
     if view.enrich:
-        lookup, more = latest_snapshot(project, view.enrich.source)
+        lookup, more = latest_snapshot(project, view.enrich.source, read)
         inputs = inputs + more
     created = dt.datetime.now(dt.timezone.utc)
     contract = project.contract(view.source)
@@ -96,9 +148,8 @@ def build_view(project: Project, features: Features, name: str, first: dt.date |
     if not view.static and (first or last) and offline.read_manifest(project.offline, name):
         existing = offline.read_view(project.offline, name)
     table = offline.merge(existing, fresh, first, last) if not view.static else fresh
-    spec_hash = hashlib.sha256(features.path.read_bytes()).hexdigest()[:16]
     manifest = offline.write_view(project.offline, name, table,
-                                  {"inputs": inputs, "features_yaml_sha256": spec_hash,
+                                  {"inputs": inputs, "features_yaml_sha256": _spec_hash(features),
                                    "range": (str(first) if first else None, str(last) if last else None)}, run_id)
     checkpoint("after_view_commit")  # the view is committed; its build report is not yet written
     return ViewBuildReport(view=name, status="built", rows=manifest.rows, entities=manifest.entities,

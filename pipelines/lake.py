@@ -21,6 +21,7 @@ commit), it is read again at the new one; if it did not, the lake is corrupt (``
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import posixpath
@@ -79,20 +80,38 @@ def rebuild_fix(source: str, value: str) -> str:
     return f"rebuild the partition from its landing files: millrace ingest --source {source} --from {first} --to {last}"
 
 
+# Local manifests already parsed, by path, size and modification time. A run writes a partition's
+# manifest once, and each stage of a nightly scans the whole lake's manifests again: parsing them
+# once per process spares a few hundred milliseconds per stage on a lake of a few hundred partitions.
+_PARSED: dict[tuple, PartitionManifest] = {}
+
+
 def read_manifest(directory: str, run_id: str, source: str = "") -> PartitionManifest | None:
     """The manifest a run wrote for a partition folder; None when there is none."""
     path = join(directory, manifest_name(run_id))
+    stamp = None
+    if not is_uri(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        stamp = (path, st.st_size, st.st_mtime_ns)
+        if stamp in _PARSED:
+            return _PARSED[stamp]
     try:
         data = read_bytes(path)
     except FileNotFoundError:
         return None
     try:
-        return PartitionManifest.from_json(data, path)
+        manifest = PartitionManifest.from_json(data, path)
     except CorruptFile as exc:
         value = posixpath.basename(directory).split("=", 1)[-1]
         source = source or posixpath.basename(posixpath.dirname(directory))
         raise CorruptFile(path, exc.problem, rebuild_fix(source, value) + " (plain `millrace ingest` also "
                           "rebuilds it)") from None
+    if stamp is not None:
+        _PARSED[stamp] = manifest
+    return manifest
 
 
 def scan_partitions(lake: str, source: str, key: str) -> tuple[list[Committed], list[Unreadable]]:
@@ -280,3 +299,11 @@ def _landing_span(value: str) -> tuple[str, str]:
     if len(value) == 7 and value[:4].isdigit() and value[5:].isdigit() and 1 <= int(value[5:]) <= 12:
         return f"{value}-01", f"{value}-{calendar.monthrange(int(value[:4]), int(value[5:]))[1]:02d}"
     return value, value
+
+
+def period_start(value) -> dt.date:
+    """The first day of a partition value: a date, or text by day, month or year (2016-10-16, 2016-10, 2016)."""
+    if isinstance(value, dt.date):
+        return value
+    text = str(value)[:10]
+    return dt.date.fromisoformat(text + {4: "-01-01", 7: "-01"}.get(len(text), ""))

@@ -41,6 +41,7 @@ class Pending:
     version: int = 1
     reasons: tuple[str, ...] = ()
     drift: bool = False  # partitions committed since the last drift check (a scheduler runs it apart)
+    features_from: str = ""  # owed features: rebuild the snapshot days from this one on ("": every day)
 
 
 def pending_path(project: Project) -> str:
@@ -54,7 +55,7 @@ def read_pending(project: Project) -> Pending:
             data = json.load(f)
         return Pending(features=bool(data["features"]), train=tuple(data["train"]), ingesting=bool(data["ingesting"]),
                        since=str(data.get("since", "")), reasons=tuple(data.get("reasons", ())),
-                       drift=bool(data.get("drift", False)))
+                       drift=bool(data.get("drift", False)), features_from=str(data.get("features_from", "")))
     except FileNotFoundError:
         return Pending()
     except (ValueError, KeyError, TypeError) as exc:
@@ -74,13 +75,25 @@ def write_pending(project: Project, pending: Pending) -> None:
     os.replace(tmp, path)
 
 
-def _owe(pending: Pending, reason: str, features: bool = False, train: tuple[str, ...] = ()) -> Pending:
-    """``reason`` is kept when it owes training: the reasons are the run report's training triggers."""
+def _owe(pending: Pending, reason: str, features: bool = False, train: tuple[str, ...] = (),
+         features_from: dt.date | None = None) -> Pending:
+    """``reason`` is kept when it owes training: the reasons are the run report's training triggers.
+    ``features_from``: the owed feature rebuild may start at that day (None: every day); what was
+    owed before widens it."""
     names = pending.train + tuple(n for n in train if n not in pending.train)
     kept = (reason,) if train and reason not in pending.reasons else ()
-    return replace(pending, features=pending.features or features, train=names,
+    owed_from = _widened(pending, features_from) if features else pending.features_from
+    return replace(pending, features=pending.features or features, train=names, features_from=owed_from,
                    since=pending.since or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    reasons=pending.reasons + kept)
+
+
+def _widened(pending: Pending, day: dt.date | None) -> str:
+    """The first day of the owed feature rebuild: the earlier of the one owed and ``day``; "" (every
+    day) wins over any day."""
+    if day is None or (pending.features and not pending.features_from):
+        return ""
+    return min(pending.features_from, day.isoformat()) if pending.features else day.isoformat()
 
 
 def _settled(pending: Pending) -> Pending:
@@ -189,7 +202,9 @@ class _Work:
                 self.console.print(f"  {source}: {exc}")
         if any(r.committed for r in self.results) or died_ingesting:
             why = "new data in the lake" if not died_ingesting else "the last run died during ingest"
-            pending = replace(_owe(pending, why, features=self.has_features), drift=bool(self.models))
+            day = None if died_ingesting else self._first_changed_day()
+            pending = replace(_owe(pending, why, features=self.has_features, features_from=day),
+                              drift=bool(self.models))
         self.pending = _settled(replace(pending, ingesting=False))
         write_pending(project, self.pending)  # what this ingest changed is owed before anything else can fail
         committed = sum(len(r.committed) for r in self.results)
@@ -197,6 +212,15 @@ class _Work:
             return Skipped("no new or changed landing files" + (f" for {self.date}" if self.date else ""))
         return Done(sum(r.total("records") for r in self.results),
                     f"{committed} partition(s) committed from {len(self.results)} source(s)")
+
+    def _first_changed_day(self) -> dt.date | None:
+        if not self.has_features:
+            return None
+        from millrace.features.spec import load_features
+        from millrace.pipelines.features_build import first_changed_day
+
+        committed = {r.source: [p.partition for p in r.committed] for r in self.results}
+        return first_changed_day(self.project, load_features(self.project), committed)
 
     def validate(self) -> Done | Skipped:
         """Validation runs inside ingest, on each partition before it commits (nothing invalid
@@ -212,7 +236,7 @@ class _Work:
     def features(self) -> Done | Skipped:
         from millrace.features import offline
         from millrace.features.spec import load_features
-        from millrace.pipelines.features_build import build
+        from millrace.pipelines.features_build import build, rebuildable_from
 
         project, features = self.project, load_features(self.project)
         missing = [v for v in features.views if offline.read_manifest(project.offline, v) is None]
@@ -222,28 +246,30 @@ class _Work:
         if not self.pending.features:
             return Skipped("no new data: every view is up to date")
         rows = 0
+        owed_from = dt.date.fromisoformat(self.pending.features_from) if self.pending.features_from else None
+        first = rebuildable_from(project, features, owed_from)
         with self.console.status("building feature views..."):
-            built = list(build(project, features, beam_args=self.beam_args))
+            built = list(build(project, features, first=first, beam_args=self.beam_args))
         for r in built:
             detail = f"{r.rows:,} rows, {r.entities:,} entities" if r.status == "built" else r.problem
             self.console.print(f"  features {r.view}: {detail}")
             rows += r.rows if r.status == "built" else 0
-        return Done(rows, f"{len(built)} view(s) rebuilt")
+        days = f"the days from {first} on" if first else "every day"
+        return Done(rows, f"{len(built)} view(s) rebuilt ({days})")
 
     def materialize(self) -> Done:
-        from millrace.features.feast_repo import apply
+        from millrace.features.feast_repo import applied
         from millrace.features.materialize import materialize
         from millrace.features.spec import load_features
 
         features = load_features(self.project)
         written = unchanged = 0
         with self.console.status("applying Feast and materializing..."):
-            apply(self.project, features)
-            for r in materialize(self.project, features):
+            for r in materialize(self.project, features, store=applied(self.project, features)):
                 self.console.print(f"  online {r.view}: {r.written:,} written, {r.skipped_unchanged:,} unchanged")
                 written, unchanged = written + r.written, unchanged + r.skipped_unchanged
         if self.pending.features:
-            self.pending = _settled(replace(self.pending, features=False))
+            self.pending = _settled(replace(self.pending, features=False, features_from=""))
             write_pending(self.project, self.pending)
         return Done(written, f"{unchanged:,} unchanged")
 
@@ -274,7 +300,7 @@ class _Work:
                     f"triggered: {', '.join(fired)}" if fired else "no trigger (every share within its threshold)")
 
     def train(self, train: bool | None) -> Done | Skipped:
-        from millrace.pipelines.drift import acted_on, pending_triggers
+        from millrace.pipelines.drift import acted_on, pending_triggers, remember_champions
 
         if not self.models:
             checkpoint("before_training")
@@ -304,6 +330,8 @@ class _Work:
         if trained and not self.triggers:
             self.triggers = ("first training",)
         _tag_runs(self.project, self.trained, self.run_id, self.triggers)
+        if trained:
+            remember_champions(self.project, self.models)
         if failed:
             raise RunFailed("training failed: " + "; ".join(failed))
         if not trained:
@@ -321,6 +349,9 @@ class _Work:
             return Skipped("no retrieval model among the champions")
         if not built:
             return Skipped("every retrieval champion has its index")
+        from millrace.pipelines.drift import remember_champions
+
+        remember_champions(self.project, self.models)  # after the registry's tags of the new indexes
         return Done(len(built), "built: " + ", ".join(built))
 
     def release(self) -> Done | Skipped:
@@ -362,20 +393,14 @@ def _models(console, project: Project, pending: Pending, names: list[str],
             always: bool) -> tuple[list, list[str]]:
     """Train what is owed (or everything, ``always``); returns the training outcomes and the
     failures, one line each."""
+    from millrace.pipelines.drift import NOT_TRAINED, champion_facts
     from millrace.pipelines.train import train_with_summary
-    from millrace.training import registry
-    from millrace.training.errors import TrainingError, UnknownModel
+    from millrace.training.errors import TrainingError
 
     owed = [n for n in names if always or n in pending.train]
     if not always:
-        client = registry.connect(project)
-        for name in names:
-            if name in owed:
-                continue
-            try:
-                registry.versions(client, registry.registered_name(project, name))
-            except UnknownModel:
-                owed.append(name)
+        facts = champion_facts(project, [n for n in names if n not in owed])
+        owed += [n for n, f in facts.items() if f.why == NOT_TRAINED]  # never registered: its first training
     owed = [n for n in names if n in owed]  # the order of models.yaml
     if not owed:
         console.print("  models: nothing new to train on (use --force-train to retrain anyway)")
@@ -401,23 +426,16 @@ def _models(console, project: Project, pending: Pending, names: list[str],
 
 def _champions(console, project: Project, names: list[str]) -> dict[str, str]:
     """Each model's champion version; models without one are left out (said on the console)."""
-    from millrace.training import registry
-    from millrace.training.errors import UnknownModel
+    from millrace.pipelines.drift import NOT_TRAINED, champion_facts
 
-    client = registry.connect(project)
     champions = {}
-    for name in names:
-        reg = registry.registered_name(project, name)
-        try:
-            registry.versions(client, reg)
-        except UnknownModel:
+    for name, facts in champion_facts(project, names).items():
+        if facts.champion is not None:
+            champions[name] = facts.champion
+        elif facts.why == NOT_TRAINED:
             console.print(f"  release: {name} left out (not trained yet)")
-            continue
-        version = registry.alias_target(client, reg, registry.CHAMPION)
-        if version is None:
+        else:
             console.print(f"  release: {name} left out (no version has passed its gates: no champion)")
-            continue
-        champions[name] = version
     return champions
 
 

@@ -480,3 +480,39 @@ def test_cli_materialize_to_unreachable_redis_set_at_materialize(background):
 @pytest.mark.slow
 def test_cli_materialize_to_unreachable_redis_set_at_build(background):
     assert_one_line_error(background["redis_set_at_build"].result(), "6390")
+
+
+def test_an_unchanged_repository_opens_the_registry_alone_and_records_the_interval(fresh, monkeypatch):
+    e = fresh
+    monkeypatch.setattr(feast_repo, "feature_store", lambda project: pytest.fail("FeatureStore built again"))
+    materialize(e.project, e.features, store=feast_repo.applied(e.project, e.features))
+    monkeypatch.undo()
+    store = feast_repo.feature_store(e.project)
+    for name in (n for n, v in e.features.views.items() if v.online):
+        assert store.get_feature_view(name).materialization_intervals, name
+
+
+def test_a_changed_or_lost_registry_is_applied_again(fresh, monkeypatch):
+    e = fresh
+    applies = []
+    real_apply = feast_repo.apply
+    monkeypatch.setattr(feast_repo, "apply", lambda *a: applies.append(1) or real_apply(*a))
+    stamp = Path(e.project.state_dir) / "feast" / "applied.sha256"
+    stamp.write_text("another repository")
+    feast_repo.applied(e.project, e.features)
+    os.remove(feast_repo.registry_path(e.project))
+    store = feast_repo.applied(e.project, e.features)
+    assert len(applies) == 2
+    assert store.get_feature_view("user_activity").name == "user_activity"
+    feast_repo.applied(e.project, e.features)
+    assert len(applies) == 2  # applied and unchanged since
+
+
+def test_feast_is_imported_without_torch_and_leaves_typeguard_as_it_was():
+    code = ("import sys, typeguard; before = typeguard.typechecked\n"
+            "from millrace.features.feast_repo import import_feast; import_feast()\n"
+            "assert typeguard.typechecked is before, 'typeguard not restored'\n"
+            "assert 'torch' not in sys.modules, 'torch imported with feast'\n"
+            "from feast.torch_wrapper import get_torch; assert get_torch().__name__ == 'torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

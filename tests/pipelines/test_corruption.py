@@ -156,3 +156,15 @@ def test_quarantine_of_a_source_with_nothing_committed_is_empty_with_its_schema(
     table = lake.read_quarantine(str(tmp_path / "quarantine"), str(tmp_path / "lake"), "ratings", "month")
     assert table.num_rows == 0 and table.schema.names == SCHEMA.names
     assert table.slice(0, 20).to_pylist() == []
+
+
+def test_a_manifest_rewritten_after_it_was_read_is_read_again(committed):
+    """Manifests are parsed once per process while unchanged; a damaged one read before is not trusted."""
+    path = _manifest(committed)
+    assert lake.read_manifest(_dir(committed, "2009-12"), "run1").rows == 30
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    with pytest.raises(CorruptFile, match="not a valid PartitionManifest"):
+        lake.read_manifest(_dir(committed, "2009-12"), "run1")
