@@ -33,6 +33,7 @@ ENV_VARS = (
     "MILLRACE_TTL_CLOCK",          # feature_store.ttl_clock
     "MILLRACE_MLFLOW_URI",         # mlflow.tracking_uri
     "MILLRACE_MLFLOW_ARTIFACTS",   # mlflow.artifact_root
+    "MILLRACE_STREAM_REDIS",       # streaming.redis
     "MILLRACE_USER",               # who promoted or rolled back a model (default: the login name)
     "MILLRACE_KILL_AT",            # tests only: the named crash point to die at (contracts/faults.py)
 )
@@ -137,6 +138,12 @@ class ServingConfig(_Frozen):
     auth: AuthConfig | None = Field(None, description="Require a bearer token (default: none).")
 
 
+class StreamingConfig(_Frozen):
+    redis: str = Field("redis://127.0.0.1:6379/0", description="The Redis holding the streams. "
+                                                           "Env: MILLRACE_STREAM_REDIS.")
+    prefix: str = Field("millrace", min_length=1, description="A source's stream is the Redis key <prefix>:<source>.")
+
+
 class ProjectConfig(_Frozen):
     name: str = Field(description="Project name, used in run ids and reports.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where data lives.")
@@ -146,6 +153,8 @@ class ProjectConfig(_Frozen):
                                               description="Feast online store and registry.")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="Model tracking and registry.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="The inference tier (millrace serve).")
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig, description="Redis Streams sources "
+                                       "(millrace stream).")
 
 
 class Project:
@@ -197,6 +206,15 @@ class Project:
     @property
     def registry(self) -> str:
         return os.environ.get("MILLRACE_REGISTRY") or self.config.feature_store.registry
+
+    @property
+    def stream_redis(self) -> str:
+        return os.environ.get("MILLRACE_STREAM_REDIS") or self.config.streaming.redis
+
+    def stream_key(self, source: str) -> str:
+        """The Redis key of ``source``'s stream (an unknown source is refused, naming the valid ones)."""
+        self.contract(source)
+        return f"{self.config.streaming.prefix}:{source}"
 
     @property
     def ttl_clock(self) -> str:

@@ -53,11 +53,13 @@ def format_of(path: str) -> str | None:
     return None
 
 
-def read_records(path: str, data: bytes, fields: tuple[str, ...], landing: LandingFormat | None = None) -> RawRecords:
+def read_records(path: str, data: bytes, fields: tuple[str, ...], landing: LandingFormat | None = None,
+                 fmt: str | None = None) -> RawRecords:
     """``landing``: the source's CSV delimiter and quote and its null tokens (default: comma,
-    double quote, only an empty cell is null)."""
+    double quote, only an empty cell is null). ``fmt``: csv, jsonl or parquet, for records that did
+    not come from a file (a stream's entries, joined by newlines); default: from ``path``'s extension."""
     landing = landing or LandingFormat()
-    fmt = format_of(path)
+    fmt = fmt or format_of(path)
     digest = hashlib.sha256(data).hexdigest()
     size = len(data)
     if fmt != "parquet" and data.startswith(BOM):

@@ -50,6 +50,34 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+REDIS_URL = os.environ.get("MILLRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def unavailable(service: str, url: str, exc: Exception):
+    """A service a test needs does not answer: skip, saying why, but fail under CI."""
+    message = f"{service} not reachable at {url}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis as a URL with a db number; skip (fail under CI) when it does not answer."""
+    from urllib.parse import urlparse
+
+    import redis
+
+    url = REDIS_URL if urlparse(REDIS_URL).path.strip("/") else REDIS_URL.rstrip("/") + "/0"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        unavailable("Redis", url, exc)
+    return url
+
+
 def cli_env(state: Path, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: none of the developer's MILLRACE_* settings, this state."""
     env = {k: v for k, v in os.environ.items() if k not in _env_vars()}

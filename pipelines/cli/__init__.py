@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from millrace.pipelines.cli import (backfill, common, contracts, drift, example, features, index, ingest, lake, models,
-                                   nightly, release, serve, train)
+                                   nightly, release, serve, stream, train)
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="millrace: contracts, ingestion, validation, features and models for AI backends.")
@@ -46,6 +46,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(index.app)
 app.add_typer(release.app, name="release")
 app.add_typer(serve.app)
+app.add_typer(stream.app, name="stream")
 
 
 def main() -> None:

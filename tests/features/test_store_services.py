@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -19,35 +18,12 @@ import yaml
 from millrace.features import feast_repo, stores
 from millrace.features.materialize import materialize
 from millrace.features.online import OnlineReader
-from tests.conftest import in_ci
+from tests.conftest import unavailable
 from tests.features.test_feast_and_online import (VIEWS, all_keys, by_view, clone_state, copy_project,
                                                   expected_values, feast_online, make_state, online, open_state)
 
-REDIS_URL = os.environ.get("MILLRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_URL = os.environ.get("MILLRACE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MISSING_KEY = 424242
-
-
-def _unavailable(service: str, url: str, exc: Exception):
-    message = f"{service} not reachable at {url}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    """The test Redis as a URL with a db number; skip (fail under CI) when it does not answer."""
-    import redis
-
-    url = REDIS_URL if urlparse(REDIS_URL).path.strip("/") else REDIS_URL.rstrip("/") + "/0"
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-        client.ping()
-        client.close()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        _unavailable("Redis", url, exc)
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +33,7 @@ def postgres_url() -> str:
     try:
         psycopg.connect(_libpq(POSTGRES_URL), connect_timeout=3).close()
     except Exception as exc:  # noqa: BLE001
-        _unavailable("PostgreSQL", POSTGRES_URL, exc)
+        unavailable("PostgreSQL", POSTGRES_URL, exc)
     return POSTGRES_URL
 
 
