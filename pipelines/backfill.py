@@ -227,10 +227,12 @@ def _render(console, record: BackfillRecord, timings: dict[str, float]) -> None:
     else:
         caption = "no model trained: champion unchanged (retrain with `millrace nightly --force-train`)"
     table = Table(title=f"backfill {record.start} .. {record.end}", caption=caption)
-    for column in ("step", "partitions", "seconds"):
-        table.add_column(column, justify="right" if column != "step" else "left")
+    table.add_column("step")
+    table.add_column("result")
+    table.add_column("seconds", justify="right")
     for source, parts in record.done.items():
-        table.add_row(f"ingest {source}", f"{len(parts):,}", f"{timings[source]:.1f}" if source in timings else "")
+        table.add_row(f"ingest {source}", f"{len(parts):,} partition(s)",
+                      f"{timings[source]:.1f}" if source in timings else "")
     for step, flag in (("features", record.features_built), ("materialize", record.materialized)):
         if step in record.stages:
             table.add_row(step, "done" if flag else "", f"{timings[step]:.1f}" if step in timings else "")
