@@ -10,7 +10,7 @@ from tests.features.typed_state import redis_db_url, redis_or_skip, typed_state
 def typed_redis(tmp_path, monkeypatch):
     """The typed project materialized into the test Redis, with a client on it; skips (fails under CI)
     when Redis is down. Only this project's keys are deleted afterwards: the test Redis is shared."""
-    from tests.features.test_store_services import REDIS_URL
+    from tests.conftest import REDIS_URL
 
     url = redis_db_url(REDIS_URL)
     client = redis_or_skip(url)

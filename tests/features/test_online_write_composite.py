@@ -108,7 +108,7 @@ def test_composite_keys_of_a_wrong_shape_are_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.redis
 def test_composite_view_in_redis_as_feast_writes_it(tmp_path, monkeypatch):
-    from tests.features.test_store_services import REDIS_URL
+    from tests.conftest import REDIS_URL
     from tests.features.typed_state import redis_db_url, redis_or_skip
 
     url = redis_db_url(REDIS_URL)

@@ -78,13 +78,13 @@ def redis_or_skip(url: str):
     """A client on the test Redis; skips (fails under CI) when it is down."""
     import redis
 
-    from tests.features.test_store_services import _unavailable
+    from tests.conftest import unavailable
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        _unavailable("Redis", url, exc)
+        unavailable("Redis", url, exc)
     return client
 
 
