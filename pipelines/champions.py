@@ -30,7 +30,8 @@ class ChampionFacts:
 
 
 class Champions:
-    """The facts of each asked model; ``client`` connects to MLflow the first time it is needed."""
+    """The facts of each asked model; ``client`` connects to MLflow the first time it is needed.
+    ``read_from_registry(client, project, model)`` reads one model's facts from MLflow."""
 
     def __init__(self, project: Project, read_from_registry, reread: bool = False):
         self.project, self._read = project, read_from_registry
@@ -49,7 +50,7 @@ class Champions:
     def of(self, model: str) -> ChampionFacts:
         if model in self._kept:
             return self._kept[model]
-        facts = self._read(self.client, model)
+        facts = self._read(self.client, self.project, model)
         self._kept[model] = facts
         return facts
 

@@ -100,7 +100,7 @@ def drift(project: Project, models: list[str] | None = None, date: dt.date | Non
     names = models or list(specs.names)
     for name in names:
         specs.get(name)  # UnknownModel, with the valid names
-    champions = Champions(project, lambda client, name: _champion_facts(client, project, name))
+    champions = Champions(project, _champion_facts)
     checked = []
     for name in names:
         facts = champions.of(name)
@@ -125,7 +125,7 @@ def drift(project: Project, models: list[str] | None = None, date: dt.date | Non
 
 def champion_facts(project: Project, models: list[str]) -> dict[str, ChampionFacts]:
     """Each model's champion facts, from the registry or its unchanged copy (``pipelines.champions``)."""
-    champions = Champions(project, lambda client, name: _champion_facts(client, project, name))
+    champions = Champions(project, _champion_facts)
     facts = {name: champions.of(name) for name in models}
     champions.keep()
     return facts
@@ -134,7 +134,7 @@ def champion_facts(project: Project, models: list[str]) -> dict[str, ChampionFac
 def remember_champions(project: Project, models: list[str]) -> None:
     """After training changed the registry: keep its champions' facts, so that the next drift check
     need not connect to MLflow (the last write to the registry of a nightly that trained)."""
-    champions = Champions(project, lambda client, name: _champion_facts(client, project, name), reread=True)
+    champions = Champions(project, _champion_facts, reread=True)
     for name in models:
         champions.of(name)
     champions.keep()
