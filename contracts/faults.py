@@ -36,7 +36,13 @@ RELEASE_POINTS = (             # releases (indexing/release.py)
     "after_release_written",   # a release folder complete under its id, the pointer not yet moved
     "after_pointer_swap",      # the pointer moved, its log line written
 )
-POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS + NIGHTLY_POINTS + RELEASE_POINTS
+STREAM_POINTS = (              # the streaming consumer (pipelines/stream.py)
+    "stream_mid_batch",        # a micro-batch read from the stream (inside a window), nothing landed
+    "stream_after_landing",    # its landing files in place, the stream's state not yet updated
+    "stream_mid_online",       # some of its views written to the online store, not all
+    "stream_after_lake_commit",  # the lake committed what the stream landed, the entries not yet acknowledged
+)
+POINTS = INGEST_POINTS + FEATURE_POINTS + TRAINING_POINTS + NIGHTLY_POINTS + RELEASE_POINTS + STREAM_POINTS
 _seen: dict[str, int] = {}
 
 

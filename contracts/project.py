@@ -142,6 +142,16 @@ class StreamingConfig(_Frozen):
     redis: str = Field("redis://127.0.0.1:6379/0", description="The Redis holding the streams. "
                                                            "Env: MILLRACE_STREAM_REDIS.")
     prefix: str = Field("millrace", min_length=1, description="A source's stream is the Redis key <prefix>:<source>.")
+    group: str = Field("millrace", min_length=1, description="The consumer group `millrace stream` reads through.")
+    window_seconds: int = Field(3600, ge=1, description="Fixed event-time windows rows are assigned to.")
+    allowed_lateness_seconds: int = Field(86400, ge=0, description="How far behind the watermark (the newest good "
+                                          "event time seen) a row's window may end and the row still count; later "
+                                          "rows are quarantined as too_late.")
+    batch_entries: int = Field(2000, ge=1, description="Entries read per micro-batch at most.")
+    commit_seconds: float = Field(10.0, gt=0, description="How often the lake commits what the stream landed "
+                                  "(the online store is updated every micro-batch).")
+    expectations: bool = Field(True, description="Run the contract's expectation suite on each lake commit, as batch "
+                                             "ingest does.")
 
 
 class ProjectConfig(_Frozen):

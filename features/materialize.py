@@ -88,15 +88,25 @@ def _written(project: Project, view: str) -> tuple[pa.Table | None, StoreRecord 
 
 def changed(latest: pa.Table, key: str | list[str], written: pa.Table | None) -> pa.Table:
     """Rows newer than what the online store already holds for their key."""
+    return _against_written(latest, key, written, pc.greater)
+
+
+def not_older(latest: pa.Table, key: str | list[str], written: pa.Table | None) -> pa.Table:
+    """Rows at least as new as what the online store holds for their key."""
+    return _against_written(latest, key, written, pc.greater_equal)
+
+
+def _against_written(latest: pa.Table, key, written: pa.Table | None, compare) -> pa.Table:
+    """Rows whose key was never written, or whose event time ``compare``s true against the written one."""
     keys = _keys(key)
     if written is None or latest.num_rows == 0:
         return latest
     previous = written.rename_columns([*keys, "_written_ts"])
     slim = latest.select([*keys, "event_timestamp"]).append_column("_row", pa.array(np.arange(latest.num_rows)))
     joined = slim.join(previous, keys, join_type="left outer")  # only flat columns: Acero cannot carry lists
-    newer = pc.or_kleene(pc.is_null(joined.column("_written_ts")),
-                         pc.greater(joined.column("event_timestamp"), joined.column("_written_ts")))
-    rows = np.sort(joined.column("_row").filter(pc.fill_null(newer, False)).to_numpy())
+    keep = pc.or_kleene(pc.is_null(joined.column("_written_ts")),
+                        compare(joined.column("event_timestamp"), joined.column("_written_ts")))
+    rows = np.sort(joined.column("_row").filter(pc.fill_null(keep, False)).to_numpy())
     return latest.take(rows)
 
 
@@ -125,7 +135,7 @@ def _materialize_view(project: Project, features: Features, store, writer: Onlin
         raise NothingBuilt(f"nothing to materialize for '{name}': it has no offline table "
                            f"(fix: run `millrace features build` first)") from None
     latest = latest_per_key(table, keys, until)
-    with registry_errors(project), _unreachable(project):
+    with registry_errors(project), _unreachable(project), record_lock(project, name):
         fv = store.get_feature_view(name)
         written, record = _written(project, name)
         if written is not None and written.column_names != [*keys, "event_timestamp"]:
@@ -147,6 +157,54 @@ def _materialize_view(project: Project, features: Features, store, writer: Onlin
     return MaterializeReport(
         view=name, entities=latest.num_rows, written=todo.num_rows, skipped_unchanged=latest.num_rows - todo.num_rows,
         refilled=record is not None and not trusted, until=until.isoformat(), seconds=time.time() - started)
+
+
+def update_online(project: Project, features: Features, writer: OnlineWriter, view: str, latest: pa.Table) -> int:
+    """Write the newest snapshot rows of some entities (a stream's micro-batch), except where the
+    store holds a newer one: a row at the same event time replaces the stored one (a late row
+    within the lateness changes that day's values), an older one never does. The record is the
+    one materialization keeps, so a nightly materialize after it writes only what is newer still.
+    Returns the entities written."""
+    keys = features.join_keys(view)
+    with _unreachable(project), record_lock(project, view):
+        written, record = _written(project, view)
+        if written is not None and written.column_names != [*keys, "event_timestamp"]:
+            written = None
+        trusted = written is not None and record is not None and stores.read_marker(project, view) == record.token
+        if not trusted:
+            writer.ensure(view)
+        todo = not_older(latest, keys, written) if trusted else latest
+        if todo.num_rows:
+            writer.write(view, todo)
+        token = record.token if trusted else uuid.uuid4().hex
+        if not trusted:
+            stores.write_marker(project, view, token)
+        _remember(project, view, keys, todo.select([*keys, "event_timestamp"]), written if trusted else None, token)
+    return todo.num_rows
+
+
+class record_lock:
+    """One writer at a time of a view's online values and their record (a nightly's materialize
+    and a stream's updates): both read the record, write the store, then rewrite the record."""
+
+    def __init__(self, project: Project, view: str):
+        self.path = _state_path(project, view) + ".lock"
+
+    def __enter__(self):
+        import fcntl
+
+        if storage.is_uri(self.path):
+            self.fd = None
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # held for one batch: a short wait, released by any exit
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+        return False
 
 
 class _unreachable:

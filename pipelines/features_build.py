@@ -84,6 +84,26 @@ def first_changed_day(project: Project, features: Features, committed: dict[str,
     return min(days) if days else None
 
 
+def lake_changes(project: Project, features: Features) -> dict[str, list[str]]:
+    """Partitions (by source) that the built views were not built from: committed since by a run the
+    nightly did not make (a stream's lake commits, a hand-run ingest). A view never built counts as
+    nothing here (it is built whole anyway); a catalogue read as its newest partition compares that."""
+    out: dict[str, set[str]] = {}
+    for name, view in features.views.items():
+        manifest = offline.read_manifest(project.offline, name)
+        if manifest is None:
+            continue
+        built = {(i.partition, i.run_id) for i in manifest.inputs}
+        sources = [(view.source, view.static)] + ([(view.enrich.source, True)] if view.enrich else [])
+        for source, newest_only in sources:
+            key = project.contract(source).partitioning.key
+            committed = lake.committed_partitions(project.lake, source, key)
+            for c in committed[-1:] if newest_only else committed:
+                if (f"{key}={c.value}", c.manifest.run_id) not in built:
+                    out.setdefault(source, set()).add(c.value)
+    return {source: sorted(values) for source, values in out.items()}
+
+
 def rebuildable_from(project: Project, features: Features, day: dt.date | None) -> dt.date | None:
     """``day`` when a rebuild of the days from it on gives the tables a whole rebuild would: every
     view was built before, from the features.yaml of now. Otherwise None (rebuild whole)."""

@@ -236,13 +236,20 @@ class _Work:
     def features(self) -> Done | Skipped:
         from millrace.features import offline
         from millrace.features.spec import load_features
-        from millrace.pipelines.features_build import build, rebuildable_from
+        from millrace.pipelines.features_build import build, first_changed_day, lake_changes, rebuildable_from
 
         project, features = self.project, load_features(self.project)
         missing = [v for v in features.views if offline.read_manifest(project.offline, v) is None]
         if missing and not self.pending.features:
             self.pending = _owe(self.pending, "feature views never built", features=True)
             write_pending(project, self.pending)
+        if not self.pending.features:
+            changed = lake_changes(project, features)
+            if changed:  # e.g. a stream's lake commits: rebuilt from the first day they can change
+                self.pending = replace(_owe(self.pending, "partitions committed outside the nightly", features=True,
+                                            features_from=first_changed_day(project, features, changed)),
+                                       drift=bool(self.models) or self.pending.drift)
+                write_pending(project, self.pending)
         if not self.pending.features:
             return Skipped("no new data: every view is up to date")
         rows = 0

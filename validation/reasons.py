@@ -11,4 +11,5 @@ PATTERN_MISMATCH = "pattern_mismatch"      # does not match the field's pattern
 BAD_LENGTH = "bad_length"                  # text shorter than minLength or longer than maxLength
 FUTURE_EVENT_TIME = "future_event_time"    # event time later than the run time plus the contract's tolerance
 LATE_EVENT = "late_event"                  # event time outside the partition of the landing folder it came in
+TOO_LATE = "too_late"                      # a stream row whose window closed: behind the watermark by more than the allowed lateness
 DUPLICATE_KEY = "duplicate_key"            # an older row with the same key in the same partition (the latest wins)

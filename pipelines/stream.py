@@ -1,0 +1,627 @@
+"""``millrace stream --source NAME``: a source's Redis stream, consumed under its contract in micro-batches.
+
+Each micro-batch of entries (read through the consumer group ``streaming.group``) goes through:
+
+1. **Windows**: each record's event time puts it in a fixed event-time window; a record whose
+   window closed (behind the watermark by more than the allowed lateness, ``pipelines.windows``)
+   is quarantined as ``too_late`` in ``<quarantine>/<source>/_stream/``.
+2. **Landing**: the other records land as one JSON-lines file per partition, named by the batch's
+   entry-id range (``<landing>/<source>/<first day>/stream-<first>_<last>.jsonl``), renamed into
+   place, then the stream's state (``<state>/streams/<source>.json``) records the last entry landed.
+   An entry at or before it is never landed again: redelivered after a crash, it changes nothing.
+3. **Decode and online**: the batch decode (``decode_files``) on each file's bytes: the same rows,
+   rules and quarantine a batch ingest of the file gives. The touched entities' views are computed
+   by ``compute_view`` over their whole history (the lake plus the rows landed since its last
+   commit, duplicates resolved as the lake resolves them) and written where the online store holds
+   nothing newer (``features.materialize.update_online``).
+4. **Lake**: every ``streaming.commit_seconds`` the partitions the stream landed are committed by the
+   batch write path (``write_partitions``, expectations included), under the source's write lock;
+   only then are the entries acknowledged (XACK). A batch ingest of those partitions reads the same
+   landing files, so it cannot double them.
+
+A consumer killed anywhere leaves entries unacknowledged; the next one claims them (XAUTOCLAIM),
+removes landing files a batch never finished naming, commits what was landed, and goes on: the lake
+and the online store end as if nothing had happened (tests/pipelines/test_stream_kill.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from millrace.contracts.arrow import coerce
+from millrace.contracts.faults import checkpoint
+from millrace.contracts.project import Project
+from millrace.pipelines import commit, lake, landing
+from millrace.pipelines.decode import PROVENANCE, LandingFile, decode_files, partition_of_date
+from millrace.pipelines.errors import LandingInvalid, PipelineError, SourceBusy
+from millrace.pipelines.lock import source_lock
+from millrace.pipelines.windows import TOO_LATE, Windows
+from millrace.validation import quarantine as Q
+from millrace.validation import reasons as R
+
+STREAM_FILE_PREFIX = "stream-"
+BLOCK_MS = 100            # how long one read waits for new entries
+ACK_CHUNK = 5_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    record: bytes
+    produced_at: float | None
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class StreamState:
+    """What the stream has landed: every entry up to ``landed_until`` is in a landing file (or the
+    too-late quarantine), and the watermark those entries moved to."""
+
+    landed_until: str = "0-0"
+    watermark_us: int | None = None
+
+    @classmethod
+    def read(cls, path: str) -> "StreamState":
+        if not lake.exists(path):
+            return cls()
+        data = json.loads(lake.read_bytes(path))
+        return cls(landed_until=str(data["landed_until"]), watermark_us=data.get("watermark_us"))
+
+    def write(self, path: str) -> None:
+        from millrace.contracts.storage import write_atomically
+
+        write_atomically(path, json.dumps(self.__dict__).encode(), str(os.getpid()))
+
+
+@dataclass
+class StreamReport:
+    source: str
+    stream: str
+    group: str
+    consumer: str
+    entries: int = 0           # read, redelivered ones included
+    reclaimed: int = 0         # taken over from a consumer that died (XAUTOCLAIM)
+    redelivered: int = 0       # read again after a restart, already landed: only acknowledged
+    landed: int = 0            # records written to landing files
+    good: int = 0              # of them, rows that decode under the contract
+    quarantined: int = 0       # of them, rows the decode rejected (quarantined at the lake commit)
+    too_late: int = 0          # quarantined at once: their window had closed
+    acknowledged: int = 0
+    lake_commits: int = 0
+    partitions: set = field(default_factory=set)       # committed by this run
+    online_written: dict = field(default_factory=dict)  # view -> entities written
+    freshness: list = field(default_factory=list)       # seconds, entry produced -> its batch online
+    lag: int | None = None     # entries in the stream not yet delivered to the group, at the end
+    watermark: str | None = None
+    seconds: float = 0.0
+    stopped: str = ""
+
+    def percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.freshness, q)) if self.freshness else None
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "freshness"}
+        out["partitions"] = sorted(self.partitions)
+        out["freshness_p50_s"], out["freshness_p99_s"] = self.percentile(50), self.percentile(99)
+        out["rate"] = self.entries / self.seconds if self.seconds else 0.0
+        return out
+
+
+class StreamJob:
+    """One consumer of one source's stream (one at a time per source: ``<source>-stream`` lock)."""
+
+    def __init__(self, project: Project, source: str, client=None, consumer: str | None = None,
+                 metrics=None, say=lambda line: None):
+        from millrace.features.online_write import OnlineWriter
+        from millrace.features.spec import load_features
+
+        self.project, self.source, self.say = project, source, say
+        self.contract = project.contract(source)
+        if self.contract.event_time is None:
+            raise PipelineError(f"source '{source}' has no event-time field: a stream needs one for its windows "
+                                f"(fix: set the eventTime property in its contract)")
+        self.config = project.config.streaming
+        self.windows = Windows.of_seconds(self.config.window_seconds, self.config.allowed_lateness_seconds)
+        self.key = project.stream_key(source)
+        if client is None:
+            from millrace.features.stores import redis_client
+
+            client = redis_client(project.stream_redis)
+        self.client = client
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = metrics
+        self.state_path = lake.join(project.state_dir, "streams", f"{source}.json")
+        self.state = StreamState.read(self.state_path)
+        self.features = load_features(project) if (project.root / "features.yaml").exists() else None
+        self.views = [] if self.features is None else [
+            n for n, v in self.features.views.items() if v.online and v.source == source and not v.static]
+        self.writer = OnlineWriter(project, self.features) if self.views else None
+        self.report = StreamReport(source, self.key, self.config.group, self.consumer)
+        self.run_id = "stream-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+        self.to_ack: list[str] = []
+        self.landed_partitions: set[str] = set()
+        self.buffer: list[pa.Table] = []   # rows landed since the lake's last commit
+        self.history: pa.Table | None = None
+        self.lookups: dict[str, pa.Table | None] = {}
+        self._suite = None
+        self._rows_seen = 0
+        self._skipped: set[str] = set()
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self, until_idle: float | None = None, max_seconds: float | None = None,
+            stop: threading.Event | None = None) -> StreamReport:
+        stop = stop or threading.Event()
+        started = time.monotonic()
+        with source_lock(self.project.state_dir, f"{self.source}-stream"):
+            self._start()
+            last_entry = last_commit = time.monotonic()
+            while True:
+                entries = self._read()
+                now = time.monotonic()
+                if entries:
+                    self._batch(entries)
+                    last_entry = now
+                if (self.to_ack or self.landed_partitions) and now - last_commit >= self.config.commit_seconds:
+                    self._commit_lake()
+                    last_commit = time.monotonic()
+                if stop.is_set():
+                    self.report.stopped = "signal"
+                elif max_seconds is not None and now - started >= max_seconds:
+                    self.report.stopped = f"--max-seconds {max_seconds:g}"
+                elif until_idle is not None and not entries and now - last_entry >= until_idle:
+                    self.report.stopped = f"idle for {until_idle:g} s"
+                if self.report.stopped:
+                    break
+            self._commit_lake()
+        self.report.lag = self._lag()
+        self.report.seconds = time.monotonic() - started
+        if self.writer:
+            self.writer.close()
+        return self.report
+
+    def _start(self) -> None:
+        """The group (from the stream's start), what a killed consumer left, and the history."""
+        import redis
+
+        try:
+            self.client.xgroup_create(self.key, self.config.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._remove_unfinished_landing()
+        self._reclaim()
+        self._commit_lake(startup=True)  # files landed before a kill, not yet in the lake
+        self._load_history()
+        self._reading_pending, self._pending_after = True, "0"
+
+    def _reclaim(self) -> None:
+        """Entries delivered to consumers that died: one consumer runs per source (its lock), so
+        every pending entry of the group is someone's unfinished work."""
+        cursor = "0-0"
+        while True:
+            cursor, claimed, *_ = self.client.xautoclaim(self.key, self.config.group, self.consumer, 0,
+                                                         start_id=cursor, count=1000)
+            self.report.reclaimed += len(claimed)
+            if _text(cursor) == "0-0":
+                break
+
+    def _read(self) -> list[Entry]:
+        """This consumer's pending entries first (a restart's), then new ones."""
+        start = self._pending_after if self._reading_pending else ">"
+        reply = self.client.xreadgroup(self.config.group, self.consumer, {self.key: start},
+                                       count=self.config.batch_entries,
+                                       block=None if self._reading_pending else BLOCK_MS)
+        rows = reply[0][1] if reply else []
+        if self._reading_pending and not rows:
+            self._reading_pending = False
+            return self._read()
+        entries = []
+        for entry_id, fields in rows:
+            entry_id = _text(entry_id)
+            if not fields:  # trimmed from the stream while pending: nothing to land
+                self.to_ack.append(entry_id)
+                continue
+            produced = fields.get(b"produced_at")
+            entries.append(Entry(entry_id, fields.get(b"record", b""), float(produced) if produced else None))
+        if self._reading_pending and rows:  # the pending list is read by id: go on after the last
+            self._pending_after = _text(rows[-1][0])
+        return entries
+
+    # -- one micro-batch --------------------------------------------------------------------------
+
+    def _batch(self, entries: list[Entry]) -> None:
+        checkpoint("stream_mid_batch")
+        self.report.entries += len(entries)
+        self._count("read", len(entries))
+        self.to_ack.extend(e.id for e in entries)
+        landed_until = id_key(self.state.landed_until)
+        new = [e for e in entries if id_key(e.id) > landed_until]
+        self.report.redelivered += len(entries) - len(new)
+        if not new:
+            return
+        now_us = int(time.time() * 1_000_000)
+        records = [_one_line(e.record) for e in new]
+        event_us = self._event_times(records)
+        limit = now_us + self.contract.future_tolerance_seconds * 1_000_000
+        usable = ~np.isnan(event_us) & (np.nan_to_num(event_us, nan=0) <= limit)  # moves the watermark
+        placed, watermark = self.windows.classify(np.nan_to_num(event_us, nan=0).astype(np.int64),
+                                                  self.state.watermark_us, advances=usable)
+        late = (placed == TOO_LATE) & usable
+        name = f"{new[0].id}_{new[-1].id}"
+        quarantine = []
+        if late.any():
+            quarantine.append(self._too_late([e for e, x in zip(new, late) if x],
+                                             [r for r, x in zip(records, late) if x], event_us[late]))
+        unplaced = ~usable
+        if unplaced.any():
+            bad, placed_anyway = self._unplaceable([e for e, x in zip(new, unplaced) if x],
+                                                   [r for r, x in zip(records, unplaced) if x], now_us)
+            quarantine.append(bad)
+            unplaced[np.flatnonzero(unplaced)[placed_anyway]] = False
+        if quarantine:
+            self._write_quarantine(pa.concat_tables(quarantine), name)
+        files = self._land(records, event_us, late | unplaced, usable, name)
+        checkpoint("stream_after_landing")
+        good = [self._decode(partition, path, data, now_us) for partition, path, data in files]
+        self.state.watermark_us = watermark
+        self.state.landed_until = new[-1].id
+        self.state.write(self.state_path)
+        rows = pa.concat_tables(good) if good else None
+        if rows is not None and rows.num_rows:
+            self.buffer.append(self._provenance(rows.drop_columns(list(PROVENANCE))))
+            self._update_online(rows)
+        done = time.time()
+        self.report.freshness.extend(done - e.produced_at for e in new if e.produced_at is not None)
+        if self.metrics:
+            for e in new:
+                if e.produced_at is not None:
+                    self.metrics.freshness.labels(self.source).observe(done - e.produced_at)
+
+    def _event_times(self, records: list[bytes]) -> np.ndarray:
+        """Microseconds of each record's event time, NaN where it has none that parses."""
+        name = self.contract.event_time
+        texts = []
+        for r in records:
+            try:
+                value = json.loads(r).get(name)
+            except (ValueError, AttributeError):
+                value = None
+            texts.append(value if value is None or isinstance(value, str) else json.dumps(value))
+        values, failed = coerce(self.contract.field(name), pa.array(texts, pa.string()))
+        micros = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = pc.or_kleene(pc.is_null(values), failed).to_numpy(zero_copy_only=False)
+        micros[bad] = np.nan
+        return micros
+
+    def _land(self, records: list[bytes], event_us: np.ndarray, skipped: np.ndarray, usable: np.ndarray,
+              name: str) -> list[tuple[str, str, bytes]]:
+        """One landing file per partition of the records not ``skipped``; (partition, path, bytes). A
+        record that decoded good without a usable event time (its contract lets it be empty) lands
+        with the stream's current partition."""
+        counted = usable & ~skipped
+        current = self._current_partition(int(event_us[counted].max()) if counted.any() else int(time.time() * 1e6))
+        by_partition: dict[str, list[bytes]] = {}
+        for record, t, skip, ok in zip(records, event_us, skipped, usable):
+            if skip:
+                continue
+            if not ok:
+                partition = current
+            else:
+                day = dt.datetime.fromtimestamp(t / 1_000_000, dt.timezone.utc).date().isoformat()
+                partition = partition_of_date(self.contract, day)
+            by_partition.setdefault(partition, []).append(record)
+        out = []
+        for partition, lines in sorted(by_partition.items()):
+            folder = lake.join(self.project.landing, self.source, lake.period_start(partition).isoformat())
+            path = lake.join(folder, f"{STREAM_FILE_PREFIX}{name}.jsonl")
+            data = b"\n".join(lines) + b"\n"
+            _put(path, data)
+            out.append((partition, path, data))
+            self.landed_partitions.add(partition)
+            self.report.landed += len(lines)
+        return out
+
+    def _current_partition(self, newest_us: int) -> str:
+        """Where the stream is: the watermark, or this batch's newest usable event time if later."""
+        at = max(newest_us, self.state.watermark_us or newest_us)
+        return partition_of_date(self.contract, dt.datetime.fromtimestamp(at / 1_000_000, dt.timezone.utc)
+                                 .date().isoformat())
+
+    def _decode(self, partition: str, path: str, data: bytes, now_us: int) -> pa.Table:
+        day = lake.period_start(partition).isoformat()
+        decoded = decode_files(self.contract, self.source, partition,
+                               [(LandingFile(path, day, partition, len(data)), data)], now_us, self.run_id)
+        self.report.good += decoded.good.num_rows
+        self.report.quarantined += decoded.quarantine.num_rows
+        self._count("good", decoded.good.num_rows)
+        self._count("quarantined", decoded.quarantine.num_rows)
+        return decoded.good
+
+    def _too_late(self, entries: list[Entry], records: list[bytes], event_us: np.ndarray) -> pa.Table:
+        rows = []
+        for e, r, t in zip(entries, records, event_us):
+            day = dt.datetime.fromtimestamp(t / 1_000_000, dt.timezone.utc).date().isoformat()
+            rows.append(Q.records(self.source, partition_of_date(self.contract, day), f"{self.key}/{e.id}", [1],
+                                  pa.array([R.TOO_LATE]), pa.array([self.contract.event_time]),
+                                  pa.array([r], pa.large_binary()), self.run_id))
+        self.report.too_late += len(entries)
+        self._count("too_late", len(entries))
+        return pa.concat_tables(rows)
+
+    def _unplaceable(self, entries: list[Entry], records: list[bytes], now_us: int) -> tuple[pa.Table, np.ndarray]:
+        """Records with no usable event time (not JSON, none, unparseable, in the future) belong to no
+        partition: judged by the batch decode, quarantined with its reason here, so they count
+        against no partition's threshold. Returns those rows and which records decoded good anyway
+        (a contract whose event time may be empty): those land in the current partition."""
+        partition = self._current_partition(int(time.time() * 1e6))
+        data = b"\n".join(records) + b"\n"
+        decoded = decode_files(self.contract, self.source, partition,
+                               [(LandingFile(self.key, lake.period_start(partition).isoformat(), partition), data)],
+                               now_us, self.run_id)
+        q = decoded.quarantine
+        lines = q.column("line").to_numpy()
+        where = pa.array([f"{self.key}/{entries[line - 1].id}" for line in lines], pa.string())
+        q = q.set_column(q.schema.get_field_index("file"), "file", where)
+        q = q.set_column(q.schema.get_field_index("line"), "line", pa.array(np.ones(len(lines), dtype=np.int64)))
+        q = q.cast(Q.SCHEMA)
+        self.report.quarantined += q.num_rows
+        self._count("quarantined", q.num_rows)
+        good = np.zeros(len(records), dtype=bool)
+        good[decoded.good.column("_line").to_numpy() - 1] = True
+        return q, good
+
+    def _write_quarantine(self, rows: pa.Table, name: str) -> None:
+        import pyarrow.parquet as pq
+
+        path = lake.join(stream_quarantine_dir(self.project.quarantine, self.source), f"{name}.parquet")
+        sink = pa.BufferOutputStream()
+        pq.write_table(rows, sink)
+        _put(path, sink.getvalue().to_pybytes())
+
+    # -- the online store -------------------------------------------------------------------------
+
+    def _load_history(self) -> None:
+        from millrace.pipelines.features_build import latest_snapshot, source_rows
+
+        read: dict = {}
+        table, _ = source_rows(self.project, self.source, read=read)
+        key = self.contract.partitioning.key
+        self.history = None if table is None else self._provenance(table.drop_columns([key]), lake_rows=True)
+        self.buffer = []
+        for name in self.views:
+            enrich = self.features.view(name).enrich
+            if enrich and enrich.source not in self.lookups:
+                self.lookups[enrich.source] = latest_snapshot(self.project, enrich.source, read)[0]
+
+    def _provenance(self, rows: pa.Table, lake_rows: bool = False) -> pa.Table:
+        """The columns ``resolve_duplicates`` ranks by: stream rows after lake rows, in arrival order."""
+        n = rows.num_rows
+        start = 0 if lake_rows else self._rows_seen
+        if not lake_rows:
+            self._rows_seen += n
+        rows = rows.append_column("_file", pa.array(np.full(n, 0 if lake_rows else 1, dtype=np.int32)))
+        return rows.append_column("_line", pa.array(np.arange(start, start + n, dtype=np.int64)))
+
+    def _update_online(self, rows: pa.Table) -> None:
+        from millrace.features.compute import compute_view
+        from millrace.features.materialize import latest_per_key, update_online
+        from millrace.pipelines.write import resolve_duplicates
+
+        parts = ([self.history] if self.history is not None else []) + self.buffer
+        history = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        first_day = pc.min(rows.column(self.contract.event_time)).as_py().date()
+        created = dt.datetime.now(dt.timezone.utc)
+        for i, name in enumerate(self.views):
+            view, keys = self.features.view(name), self.features.join_keys(name)
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            events = history
+            if all(k in rows.column_names for k in keys) and len(keys) == 1:  # only the touched entities
+                events = history.filter(pc.is_in(history.column(keys[0]), pc.unique(rows.column(keys[0]))))
+            events, _ = resolve_duplicates(self.contract, events)
+            lookup = self.lookups.get(view.enrich.source) if view.enrich else None
+            if view.enrich and lookup is None:
+                if name not in self._skipped:
+                    self._skipped.add(name)
+                    self.say(f"online {name}: skipped until '{view.enrich.source}' has committed partitions "
+                             f"(it enriches from them)")
+                continue
+            table = compute_view(view, self.features.join_keys(name), self.contract.event_time,
+                                 events.drop_columns(list(PROVENANCE)), lookup, self.features.types[name], created,
+                                 (first_day, None), derived=self.features.derived_columns(self.source))
+            written = update_online(self.project, self.features, self.writer, name,
+                                    latest_per_key(table, self.features.join_keys(name), None))
+            self.report.online_written[name] = self.report.online_written.get(name, 0) + written
+            if i == 0:
+                checkpoint("stream_mid_online")
+
+    # -- the lake ---------------------------------------------------------------------------------
+
+    def _commit_lake(self, startup: bool = False) -> None:
+        """Commit the partitions the stream landed (at start: every partition with new files), then
+        acknowledge what was read. Another writer of the source (a nightly's ingest) holding its
+        lock defers the commit to the next interval; its ingest commits the same files."""
+        from millrace.pipelines.ingest import plan
+        from millrace.pipelines.write import Locations, write_partitions
+
+        try:
+            with source_lock(self.project.state_dir, self.source, command=f"millrace stream --source {self.source}"):
+                commit.prepare(self.project.lake, self.project.quarantine, self.source, self.contract)
+                wanted = None if startup else frozenset(self.landed_partitions)
+                if (wanted is not None and not wanted) or not lake.exists(lake.join(self.project.landing,
+                                                                                    self.source)):
+                    files = []
+                else:
+                    chosen = plan(self.project, self.source, partitions=wanted)
+                    if chosen.problems:
+                        raise LandingInvalid(chosen.problems)
+                    files = chosen.files
+                    if startup:  # only partitions the stream landed in: batch files are the nightly's
+                        streamed = {f.partition for f in files if _is_stream_file(f.path)}
+                        files = [f for f in files if f.partition in streamed]
+                if files:
+                    items = self._decode_partitions(files)
+                    where = Locations(self.project.lake, self.project.quarantine, self.project.state_dir)
+                    reports = write_partitions(self.contract, self.source, items, where, self._new_run_id(),
+                                               self._expectations())
+                    for r in reports:
+                        if r.status != "committed":
+                            self.say(f"{self.source} {r.key}={r.partition}: not committed: {r.problem}")
+                        else:
+                            self.report.partitions.add(r.partition)
+                    self.report.lake_commits += 1
+                    self._count("lake_commits", 1)
+                    checkpoint("stream_after_lake_commit")
+                    self._load_history()
+        except SourceBusy:
+            if not startup:
+                return  # a batch ingest is writing the source: acknowledge after the next commit
+            raise
+        self.landed_partitions = set()
+        self._acknowledge()
+
+    def _decode_partitions(self, files: list[LandingFile]) -> list[tuple[str, list]]:
+        """Every landing file of each partition, decoded together as the batch ingest does."""
+        groups: dict[str, list[LandingFile]] = {}
+        for f in files:
+            groups.setdefault(f.partition, []).append(f)
+        now_us = int(time.time() * 1_000_000)
+        run_id = self.run_id
+        return [(partition, [decode_files(self.contract, self.source, partition,
+                                          [(f, lake.read_bytes(f.path)) for f in sorted(group, key=lambda f: f.path)],
+                                          now_us, run_id)])
+                for partition, group in sorted(groups.items())]
+
+    def _new_run_id(self) -> str:
+        from millrace.pipelines.ingest import new_run_id
+
+        return new_run_id()
+
+    def _expectations(self):
+        if not self.config.expectations:
+            return None
+        if self._suite is None:
+            from millrace.validation.expectations import SuiteRunner
+
+            self._suite = SuiteRunner(self.contract)
+        return self._suite
+
+    def _acknowledge(self) -> None:
+        ids, self.to_ack = self.to_ack, []
+        for start in range(0, len(ids), ACK_CHUNK):
+            self.client.xack(self.key, self.config.group, *ids[start:start + ACK_CHUNK])
+        self.report.acknowledged += len(ids)
+        self._count("acknowledged", len(ids))
+
+    def _remove_unfinished_landing(self) -> None:
+        """Landing files of a batch killed before its state was written: that batch lands again
+        (its entries were never acknowledged), perhaps cut differently, so these must go."""
+        root = lake.join(self.project.landing, self.source)
+        if not lake.exists(root) or lake.is_uri(root):
+            return
+        done = id_key(self.state.landed_until)
+        for day in sorted(os.listdir(root)):
+            folder = os.path.join(root, day)
+            if not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if name.startswith("_" + STREAM_FILE_PREFIX):
+                    os.remove(os.path.join(folder, name))  # a write cut short before its rename
+                elif name.startswith(STREAM_FILE_PREFIX) and name.endswith(".jsonl"):
+                    last = name[len(STREAM_FILE_PREFIX):-len(".jsonl")].split("_")[-1]
+                    if id_key(last) > done:
+                        os.remove(os.path.join(folder, name))
+        q_dir = stream_quarantine_dir(self.project.quarantine, self.source)
+        for path in lake.list_dir(q_dir):
+            last = os.path.basename(path)[:-len(".parquet")].split("_")[-1]
+            if path.endswith(".parquet") and id_key(last) > done:
+                os.remove(path)
+
+    def _lag(self) -> int | None:
+        try:
+            for group in self.client.xinfo_groups(self.key):
+                if _text(group.get("name")) == self.config.group:
+                    return group.get("lag")
+        except Exception:  # an old Redis without lag: the report says nothing rather than fail
+            return None
+        return None
+
+    def _count(self, outcome: str, n: int) -> None:
+        if self.metrics and n:
+            self.metrics.entries.labels(self.source, outcome).inc(n)
+
+
+def stream_quarantine_dir(quarantine_root: str, source: str) -> str:
+    """Rows the stream quarantined itself (too late for their window), outside any partition."""
+    return lake.join(quarantine_root, source, "_stream")
+
+
+def read_stream_quarantine(quarantine_root: str, source: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(pa.BufferReader(lake.read_bytes(p))) for p in lake.list_dir(
+        stream_quarantine_dir(quarantine_root, source)) if p.endswith(".parquet")]
+    return pa.concat_tables(tables) if tables else Q.empty()
+
+
+def _put(path: str, data: bytes) -> None:
+    """Whole or not at all, under a name the landing scan ignores until the rename."""
+    if lake.is_uri(path):
+        lake.write_bytes(path, data)  # one object put
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, "_" + name)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _is_stream_file(path: str) -> bool:
+    return os.path.basename(path).startswith(STREAM_FILE_PREFIX)
+
+
+def _one_line(record: bytes) -> bytes:
+    """An entry's record as one JSON-lines line (JSON allows line breaks only as whitespace)."""
+    record = record.replace(b"\r", b" ").replace(b"\n", b" ")
+    return record if record.strip() else b"{}"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Metrics:
+    """Prometheus metrics of a stream job (``--metrics-port``)."""
+
+    def __init__(self, registry=None):
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        registry = registry or REGISTRY
+        self.entries = Counter("millrace_stream_entries", "Stream entries by outcome (read, good, quarantined, "
+                               "too_late, acknowledged) and lake commits", ["source", "outcome"], registry=registry)
+        self.freshness = Histogram("millrace_stream_freshness_seconds", "Entry produced -> its features online",
+                                   ["source"], registry=registry,
+                                   buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT finish the current micro-batch, commit and acknowledge, then exit."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
