@@ -7,8 +7,10 @@ Each micro-batch of entries (read through the consumer group ``streaming.group``
    is quarantined as ``too_late`` in ``<quarantine>/<source>/_stream/``.
 2. **Landing**: the other records land as one JSON-lines file per partition, named by the batch's
    entry-id range (``<landing>/<source>/<first day>/stream-<first>_<last>.jsonl``), renamed into
-   place, then the stream's state (``<state>/streams/<source>.json``) records the last entry landed.
-   An entry at or before it is never landed again: redelivered after a crash, it changes nothing.
+   place. Once the online update below is done too, the stream's state
+   (``<state>/streams/<source>.json``) records the batch's last entry: an entry at or before it is
+   never landed again (redelivered after a crash, it changes nothing); files of a batch killed
+   before that are removed at the next start, and the batch is done again whole.
 3. **Decode and online**: the batch decode (``decode_files``) on each file's bytes: the same rows,
    rules and quarantine a batch ingest of the file gives. The touched entities' views are computed
    by ``compute_view`` over their whole history (the lake plus the rows landed since its last
@@ -278,13 +280,15 @@ class StreamJob:
         files = self._land(records, event_us, late | unplaced, usable, name)
         checkpoint("stream_after_landing")
         good = [self._decode(partition, path, data, now_us) for partition, path, data in files]
-        self.state.watermark_us = watermark
-        self.state.landed_until = new[-1].id
-        self.state.write(self.state_path)
         rows = pa.concat_tables(good) if good else None
         if rows is not None and rows.num_rows:
             self.buffer.append(self._provenance(rows.drop_columns(list(PROVENANCE))))
             self._update_online(rows)
+        # last: a batch killed before this lands again whole (its files are removed at the next
+        # start), so its online update is done again too
+        self.state.watermark_us = watermark
+        self.state.landed_until = new[-1].id
+        self.state.write(self.state_path)
         done = time.time()
         self.report.freshness.extend(done - e.produced_at for e in new if e.produced_at is not None)
         if self.metrics:
