@@ -39,6 +39,7 @@ def quarantine(source: str = typer.Option(..., "--source", "-s", help="Source na
                limit: int = typer.Option(20, help="Rows to show."),
                as_json: bool = common.json_option()):
     """Show quarantined rows: partition, file, line, reason, field and the original record."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from millrace.pipelines import lake
@@ -46,6 +47,11 @@ def quarantine(source: str = typer.Option(..., "--source", "-s", help="Source na
     project = common.project()
     contract = project.contract(source)
     table = lake.read_quarantine(project.quarantine, project.lake, source, contract.partitioning.key)
+    from millrace.pipelines.stream import read_stream_quarantine
+
+    streamed = read_stream_quarantine(project.quarantine, source)  # too late, or no usable event time
+    if streamed.num_rows:
+        table = pa.concat_tables([table, streamed.cast(table.schema)])
     if reason and table.num_rows:
         table = table.filter(pc.equal(table.column("reason"), reason))
     if as_json:
