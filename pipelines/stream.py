@@ -34,6 +34,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,10 +44,11 @@ import pyarrow.compute as pc
 from millrace.contracts.arrow import coerce
 from millrace.contracts.faults import checkpoint
 from millrace.contracts.project import Project
-from millrace.pipelines import commit, lake, landing
+from millrace.pipelines import commit, lake
 from millrace.pipelines.decode import PROVENANCE, LandingFile, decode_files, partition_of_date
 from millrace.pipelines.errors import LandingInvalid, PipelineError, SourceBusy
 from millrace.pipelines.lock import source_lock
+from millrace.pipelines.readers import read_records
 from millrace.pipelines.windows import TOO_LATE, Windows
 from millrace.validation import quarantine as Q
 from millrace.validation import reasons as R
@@ -89,6 +91,26 @@ class StreamState:
         write_atomically(path, json.dumps(self.__dict__).encode(), str(os.getpid()))
 
 
+@dataclass(frozen=True)
+class CommitWork:
+    """What one lake commit covers: the partitions landed in (None: at start, every partition
+    with stream files), the entries acknowledged after it, the last entry landed when it was taken
+    (later batches' files wait for the next commit) and how many buffered batches that is."""
+
+    partitions: frozenset[str] | None
+    ack: tuple[str, ...]
+    landed_until: str
+    buffered: int
+
+
+@dataclass
+class CommitDone:
+    work: CommitWork
+    committed: list[str] = field(default_factory=list)   # partition values
+    history: pa.Table | None = None   # the source's lake rows after the commit (None: nothing written)
+    deferred: bool = False            # the source's lock was held by another writer
+
+
 @dataclass
 class StreamReport:
     source: str
@@ -110,6 +132,7 @@ class StreamReport:
     lag: int | None = None     # entries in the stream not yet delivered to the group, at the end
     watermark: str | None = None
     seconds: float = 0.0
+    busy_seconds: float = 0.0  # from the first entry read to the last batch done, plus the closing commit
     stopped: str = ""
 
     def percentile(self, q: float) -> float | None:
@@ -162,25 +185,36 @@ class StreamJob:
         self._suite = None
         self._rows_seen = 0
         self._skipped: set[str] = set()
+        self._reading_pending, self._pending_after = True, "0"  # a restart's own pending entries first
 
     # -- the run ----------------------------------------------------------------------------------
 
     def run(self, until_idle: float | None = None, max_seconds: float | None = None,
             stop: threading.Event | None = None) -> StreamReport:
+        """Micro-batches until a stop condition. The lake commit runs in a thread of its own, so
+        the online updates go on while it decodes, checks and writes whole partitions."""
         stop = stop or threading.Event()
         started = time.monotonic()
-        with source_lock(self.project.state_dir, f"{self.source}-stream"):
+        with source_lock(self.project.state_dir, f"{self.source}-stream"), \
+                ThreadPoolExecutor(1, thread_name_prefix=f"{self.source}-lake-commit") as committer:
             self._start()
+            commit: Future | None = None
             last_entry = last_commit = time.monotonic()
+            first_read = last_done = None
             while True:
                 entries = self._read()
                 now = time.monotonic()
                 if entries:
+                    first_read = first_read or now
                     self._batch(entries)
-                    last_entry = now
-                if (self.to_ack or self.landed_partitions) and now - last_commit >= self.config.commit_seconds:
-                    self._commit_lake()
-                    last_commit = time.monotonic()
+                    last_entry, last_done = now, time.monotonic()
+                if commit is not None and commit.done():
+                    self._committed(commit.result())
+                    commit = None
+                if commit is None and (self.to_ack or self.landed_partitions) \
+                        and now - last_commit >= self.config.commit_seconds:
+                    commit = committer.submit(self._commit_lake, self._take_commit())
+                    last_commit = now
                 if stop.is_set():
                     self.report.stopped = "signal"
                 elif max_seconds is not None and now - started >= max_seconds:
@@ -189,7 +223,12 @@ class StreamJob:
                     self.report.stopped = f"idle for {until_idle:g} s"
                 if self.report.stopped:
                     break
-            self._commit_lake()
+            closing = time.monotonic()
+            if commit is not None:
+                self._committed(commit.result())
+            self._committed(self._commit_lake(self._take_commit()))
+            if first_read is not None:
+                self.report.busy_seconds = last_done - first_read + time.monotonic() - closing
         self.report.lag = self._lag()
         self.report.seconds = time.monotonic() - started
         if self.writer:
@@ -207,9 +246,11 @@ class StreamJob:
                 raise
         self._remove_unfinished_landing()
         self._reclaim()
-        self._commit_lake(startup=True)  # files landed before a kill, not yet in the lake
-        self._load_history()
-        self._reading_pending, self._pending_after = True, "0"
+        # files landed before a kill, not yet in the lake
+        self._committed(self._commit_lake(CommitWork(None, (), self.state.landed_until, 0)))
+        if self.history is None:
+            self.history = self._lake_history()
+        self._load_lookups()
 
     def _reclaim(self) -> None:
         """Entries delivered to consumers that died: one consumer runs per source (its lock), so
@@ -297,20 +338,18 @@ class StreamJob:
                     self.metrics.freshness.labels(self.source).observe(done - e.produced_at)
 
     def _event_times(self, records: list[bytes]) -> np.ndarray:
-        """Microseconds of each record's event time, NaN where it has none that parses."""
+        """Microseconds of each record's event time, NaN where it has none that parses: the batch
+        reader's JSON-lines parse and the contract's typing, on the event-time field alone."""
         name = self.contract.event_time
-        texts = []
-        for r in records:
-            try:
-                value = json.loads(r).get(name)
-            except (ValueError, AttributeError):
-                value = None
-            texts.append(value if value is None or isinstance(value, str) else json.dumps(value))
-        values, failed = coerce(self.contract.field(name), pa.array(texts, pa.string()))
+        read = read_records(self.key, b"\n".join(records) + b"\n", (name,), self.contract.landing, fmt="jsonl")
+        values, failed = coerce(self.contract.field(name), read.text.column(name))
         micros = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
-        bad = pc.or_kleene(pc.is_null(values), failed).to_numpy(zero_copy_only=False)
+        bad = pc.or_kleene(pc.is_null(values), failed).to_numpy(zero_copy_only=False) | read.reason.is_valid() \
+            .to_numpy(zero_copy_only=False)
         micros[bad] = np.nan
-        return micros
+        out = np.full(len(records), np.nan)
+        out[read.line - 1] = micros  # one record per line (``_one_line``), none blank
+        return out
 
     def _land(self, records: list[bytes], event_us: np.ndarray, skipped: np.ndarray, usable: np.ndarray,
               name: str) -> list[tuple[str, str, bytes]]:
@@ -399,14 +438,19 @@ class StreamJob:
 
     # -- the online store -------------------------------------------------------------------------
 
-    def _load_history(self) -> None:
-        from millrace.pipelines.features_build import latest_snapshot, source_rows
+    def _lake_history(self) -> pa.Table | None:
+        """The source's committed rows, ranked before anything the stream lands after."""
+        from millrace.pipelines.features_build import source_rows
+
+        table, _ = source_rows(self.project, self.source)
+        key = self.contract.partitioning.key
+        return None if table is None else self._provenance(table.drop_columns([key]), lake_rows=True)
+
+    def _load_lookups(self) -> None:
+        """The newest snapshot of each source a streaming view enriches from."""
+        from millrace.pipelines.features_build import latest_snapshot
 
         read: dict = {}
-        table, _ = source_rows(self.project, self.source, read=read)
-        key = self.contract.partitioning.key
-        self.history = None if table is None else self._provenance(table.drop_columns([key]), lake_rows=True)
-        self.buffer = []
         for name in self.views:
             enrich = self.features.view(name).enrich
             if enrich and enrich.source not in self.lookups:
@@ -455,48 +499,82 @@ class StreamJob:
 
     # -- the lake ---------------------------------------------------------------------------------
 
-    def _commit_lake(self, startup: bool = False) -> None:
-        """Commit the partitions the stream landed (at start: every partition with new files), then
-        acknowledge what was read. Another writer of the source (a nightly's ingest) holding its
-        lock defers the commit to the next interval; its ingest commits the same files."""
-        from millrace.pipelines.ingest import plan
+    def _take_commit(self) -> "CommitWork":
+        """What the next lake commit covers: every batch landed so far."""
+        work = CommitWork(frozenset(self.landed_partitions), tuple(self.to_ack), self.state.landed_until,
+                          len(self.buffer))
+        self.landed_partitions, self.to_ack = set(), []
+        return work
+
+    def _commit_lake(self, work: "CommitWork") -> "CommitDone":
+        """Commit the partitions the stream landed (at start: every partition with stream files),
+        then acknowledge the entries. Runs in the commit thread: it reads the landing and the lake
+        and writes the lake, nothing the consumer loop changes; ``_committed`` applies the result.
+        Another writer of the source (a nightly's ingest) holding its lock defers the commit to the
+        next interval; its ingest commits the same files."""
+        from millrace.pipelines.ingest import new_run_id
         from millrace.pipelines.write import Locations, write_partitions
 
+        done = CommitDone(work)
+        startup = work.partitions is None
         try:
             with source_lock(self.project.state_dir, self.source, command=f"millrace stream --source {self.source}"):
                 commit.prepare(self.project.lake, self.project.quarantine, self.source, self.contract)
-                wanted = None if startup else frozenset(self.landed_partitions)
-                if (wanted is not None and not wanted) or not lake.exists(lake.join(self.project.landing,
-                                                                                    self.source)):
-                    files = []
-                else:
-                    chosen = plan(self.project, self.source, partitions=wanted)
-                    if chosen.problems:
-                        raise LandingInvalid(chosen.problems)
-                    files = chosen.files
-                    if startup:  # only partitions the stream landed in: batch files are the nightly's
-                        streamed = {f.partition for f in files if _is_stream_file(f.path)}
-                        files = [f for f in files if f.partition in streamed]
+                files = self._files_to_commit(work) if work.partitions or startup else []
                 if files:
-                    items = self._decode_partitions(files)
                     where = Locations(self.project.lake, self.project.quarantine, self.project.state_dir)
-                    reports = write_partitions(self.contract, self.source, items, where, self._new_run_id(),
-                                               self._expectations())
+                    reports = write_partitions(self.contract, self.source, self._decode_partitions(files), where,
+                                               new_run_id(), self._expectations())
                     for r in reports:
                         if r.status != "committed":
                             self.say(f"{self.source} {r.key}={r.partition}: not committed: {r.problem}")
                         else:
-                            self.report.partitions.add(r.partition)
-                    self.report.lake_commits += 1
-                    self._count("lake_commits", 1)
+                            done.committed.append(r.partition)
                     checkpoint("stream_after_lake_commit")
-                    self._load_history()
+                    done.history = self._lake_history()
         except SourceBusy:
-            if not startup:
-                return  # a batch ingest is writing the source: acknowledge after the next commit
-            raise
-        self.landed_partitions = set()
-        self._acknowledge()
+            if startup:
+                raise
+            done.deferred = True  # a batch ingest is writing the source: acknowledge after the next commit
+            return done
+        for start in range(0, len(work.ack), ACK_CHUNK):
+            self.client.xack(self.key, self.config.group, *work.ack[start:start + ACK_CHUNK])
+        return done
+
+    def _files_to_commit(self, work: "CommitWork") -> list[LandingFile]:
+        """The landing files of the work's partitions, without the stream's files of batches landed
+        after it was taken (the next commit's)."""
+        if not lake.exists(lake.join(self.project.landing, self.source)):
+            return []
+        from millrace.pipelines.ingest import plan
+
+        chosen = plan(self.project, self.source, partitions=work.partitions)
+        if chosen.problems:
+            raise LandingInvalid(chosen.problems)
+        until = id_key(work.landed_until)
+        streamed = [f for f in chosen.files if _is_stream_file(f.path)]
+        later = {f.path for f in streamed if id_key(_last_entry(f.path)) > until}
+        files = [f for f in chosen.files if f.path not in later]
+        if work.partitions is None:  # at start, only partitions the stream landed in: batch files are the nightly's
+            partitions = {f.partition for f in streamed}
+            files = [f for f in files if f.partition in partitions]
+        return files
+
+    def _committed(self, done: "CommitDone") -> None:
+        """In the consumer loop: what a lake commit did. Its rows are the lake's now, so the
+        buffered batches it covered leave the buffer; a deferred commit's work waits for the next."""
+        work = done.work
+        if done.deferred:
+            self.landed_partitions |= work.partitions
+            self.to_ack = list(work.ack) + self.to_ack
+            return
+        if done.history is not None:
+            self.history, self.buffer = done.history, self.buffer[work.buffered:]
+            self.report.lake_commits += 1
+            self._count("lake_commits", 1)
+        self.report.partitions.update(done.committed)
+        self.report.acknowledged += len(work.ack)
+        self._count("acknowledged", len(work.ack))
 
     def _decode_partitions(self, files: list[LandingFile]) -> list[tuple[str, list]]:
         """Every landing file of each partition, decoded together as the batch ingest does."""
@@ -510,11 +588,6 @@ class StreamJob:
                                           now_us, run_id)])
                 for partition, group in sorted(groups.items())]
 
-    def _new_run_id(self) -> str:
-        from millrace.pipelines.ingest import new_run_id
-
-        return new_run_id()
-
     def _expectations(self):
         if not self.config.expectations:
             return None
@@ -523,13 +596,6 @@ class StreamJob:
 
             self._suite = SuiteRunner(self.contract)
         return self._suite
-
-    def _acknowledge(self) -> None:
-        ids, self.to_ack = self.to_ack, []
-        for start in range(0, len(ids), ACK_CHUNK):
-            self.client.xack(self.key, self.config.group, *ids[start:start + ACK_CHUNK])
-        self.report.acknowledged += len(ids)
-        self._count("acknowledged", len(ids))
 
     def _remove_unfinished_landing(self) -> None:
         """Landing files of a batch killed before its state was written: that batch lands again
@@ -546,8 +612,7 @@ class StreamJob:
                 if name.startswith("_" + STREAM_FILE_PREFIX):
                     os.remove(os.path.join(folder, name))  # a write cut short before its rename
                 elif name.startswith(STREAM_FILE_PREFIX) and name.endswith(".jsonl"):
-                    last = name[len(STREAM_FILE_PREFIX):-len(".jsonl")].split("_")[-1]
-                    if id_key(last) > done:
+                    if id_key(_last_entry(name)) > done:
                         os.remove(os.path.join(folder, name))
         q_dir = stream_quarantine_dir(self.project.quarantine, self.source)
         for path in lake.list_dir(q_dir):
@@ -599,6 +664,11 @@ def _put(path: str, data: bytes) -> None:
 
 def _is_stream_file(path: str) -> bool:
     return os.path.basename(path).startswith(STREAM_FILE_PREFIX)
+
+
+def _last_entry(path: str) -> str:
+    """The last entry id a stream landing file holds (``stream-<first>_<last>.jsonl``)."""
+    return os.path.basename(path)[len(STREAM_FILE_PREFIX):-len(".jsonl")].split("_")[-1]
 
 
 def _one_line(record: bytes) -> bytes:
