@@ -147,7 +147,10 @@ class StreamingConfig(_Frozen):
     allowed_lateness_seconds: int = Field(86400, ge=0, description="How far behind the watermark (the newest good "
                                           "event time seen) a row's window may end and the row still count; later "
                                           "rows are quarantined as too_late.")
-    batch_entries: int = Field(2000, ge=1, description="Entries read per micro-batch at most.")
+    batch_entries: int = Field(2000, ge=1, description="Entries read per micro-batch at most while the consumer "
+                               "keeps up.")
+    backlog_batch_entries: int = Field(20000, ge=1, description="Entries per micro-batch at most while it is behind "
+                                       "(a read filled the batch): bigger batches catch up faster.")
     commit_seconds: float = Field(10.0, gt=0, description="How often the lake commits what the stream landed "
                                   "(the online store is updated every micro-batch).")
     expectations: bool = Field(True, description="Run the contract's expectation suite on each lake commit, as batch "

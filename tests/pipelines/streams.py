@@ -46,7 +46,8 @@ class StreamSetup:
         return target
 
 
-def make_setup(root: Path, redis_url: str) -> StreamSetup:
+def make_setup(root: Path, redis_url: str, backlog_batch_entries: int = 4000) -> StreamSetup:
+    """Micro-batches of 500 entries, growing to ``backlog_batch_entries`` while entries wait."""
     from millrace.contracts.project import load_project
     from millrace.pipelines.example import land
     from millrace.pipelines.ingest import ingest
@@ -54,7 +55,8 @@ def make_setup(root: Path, redis_url: str) -> StreamSetup:
     project = root / "project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".millrace", ".airflow"))
     config = yaml.safe_load((project / "millrace.yaml").read_text())
-    config["streaming"] = {"redis": redis_url, "prefix": "unused", "commit_seconds": 1, "batch_entries": 500}
+    config["streaming"] = {"redis": redis_url, "prefix": "unused", "commit_seconds": 1, "batch_entries": 500,
+                           "backlog_batch_entries": backlog_batch_entries}
     (project / "millrace.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     producer, consumer = root / "producer", root / "consumer"
     with state_dir(producer):

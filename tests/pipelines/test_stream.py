@@ -35,6 +35,8 @@ def test_produce_stream_then_nightly(setup, stream, redis_url, tmp_path):
     assert report["good"] + report["quarantined"] + report["too_late"] == 6000
     assert 0 < report["too_late"] <= sent["late"]  # held back far behind the stream: their windows had closed
     assert report["lake_commits"] >= 1 and report["partitions"]
+    # all 6,000 waited: reads of 500, then 1,000 and 2,000 (a full read doubles the next), then the rest
+    assert report["batches"] == 4
     assert report["freshness_p99_s"] is not None
     client = redis.Redis.from_url(redis_url)
     assert client.xpending(stream, "millrace")["pending"] == 0

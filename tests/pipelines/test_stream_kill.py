@@ -12,14 +12,14 @@ from tests.pipelines import streams as S
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-RECORDS = 3000   # six micro-batches of 500; the consumer commits the lake every second
+RECORDS = 3000   # six micro-batches of 500 (none bigger); the consumer commits the lake every second
 
 POINTS = ["stream_mid_batch:3", "stream_after_landing:2", "stream_mid_online:4", "stream_after_lake_commit:1"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, redis_url):
-    return S.make_setup(tmp_path_factory.mktemp("stream-kill"), redis_url)
+    return S.make_setup(tmp_path_factory.mktemp("stream-kill"), redis_url, backlog_batch_entries=500)
 
 
 def _outcome(setup, state) -> dict:
