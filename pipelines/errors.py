@@ -47,6 +47,12 @@ class SourceBusy(PipelineError):
     retryable = True
 
 
+class StreamUnavailable(PipelineError):
+    """The Redis holding the sources' streams cannot be reached."""
+
+    retryable = True
+
+
 class SchemaChanged(PipelineError):
     """A contract version changed or removed stored columns, and the run does not rebuild every
     committed partition: the table would mix two schemas."""

@@ -72,9 +72,9 @@ def produce(project: Project, source: str, rate: float, late_share: float = 0.0,
             raise PipelineError(f"{name} {share}: must be at least 0 and below 1")
     stream = project.stream_key(source)
     if client is None:
-        from millrace.features.stores import redis_client
+        from millrace.pipelines.stream_client import connect
 
-        client = redis_client(project.stream_redis)
+        client = connect(project)
     rng = np.random.default_rng(seed)
     on_time, held = [], []
     for record in landed_records(project, source):
