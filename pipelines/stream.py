@@ -17,9 +17,9 @@ Each micro-batch of entries (read through the consumer group ``streaming.group``
    commit, duplicates resolved as the lake resolves them) and written where the online store holds
    nothing newer (``features.materialize.update_online``).
 4. **Lake**: every ``streaming.commit_seconds`` the partitions the stream landed are committed by the
-   batch write path (``write_partitions``, expectations included), under the source's write lock;
-   only then are the entries acknowledged (XACK). A batch ingest of those partitions reads the same
-   landing files, so it cannot double them.
+   batch write path (``write_partitions``, expectations included), under the source's write lock,
+   in a thread of its own while the micro-batches go on; only then are the entries acknowledged
+   (XACK). A batch ingest of those partitions reads the same landing files, so it cannot double them.
 
 A consumer killed anywhere leaves entries unacknowledged; the next one claims them (XAUTOCLAIM),
 removes landing files a batch never finished naming, commits what was landed, and goes on: the lake
@@ -110,7 +110,7 @@ class CommitDone:
     work: CommitWork
     committed: list[str] = field(default_factory=list)   # partition values
     history: pa.Table | None = None   # the source's lake rows after the commit (None: nothing written)
-    deferred: bool = False            # the source's lock was held by another writer
+    deferred: str = ""                # why not: the source's lock was held by another writer
 
 
 @dataclass
@@ -129,6 +129,7 @@ class StreamReport:
     too_late: int = 0          # quarantined at once: their window had closed
     acknowledged: int = 0
     lake_commits: int = 0
+    commits_deferred: int = 0  # a batch writer held the source's lock: tried again at the next interval
     partitions: set = field(default_factory=set)       # committed by this run
     online_written: dict = field(default_factory=dict)  # view -> entities written
     freshness: list = field(default_factory=list)       # seconds, entry produced -> its batch online
@@ -198,6 +199,7 @@ class StreamJob:
         with source_lock(self.project.state_dir, f"{self.source}-stream"), \
                 ThreadPoolExecutor(1, thread_name_prefix=f"{self.source}-lake-commit") as committer:
             self._start()
+            self.say(f"{self.key}: reading as {self.consumer} (group {self.config.group})")
             commit: Future | None = None
             last_entry = last_commit = time.monotonic()
             first_read = last_done = None
@@ -251,7 +253,7 @@ class StreamJob:
         if self.history is None:
             self.history = self._lake_history()
         self._load_lookups()
-        self._expectations()  # the suite's imports take seconds: not in the first commit
+        self._expectations()  # seconds of imports: before the first read, not in a commit next to batches
         # shown by XINFO CONSUMERS from now on, even while the stream is idle (a read that finds
         # nothing creates no consumer): ready
         self.client.xgroup_createconsumer(self.key, self.config.group, self.consumer)
@@ -274,9 +276,8 @@ class StreamJob:
                                        block=None if self._reading_pending else BLOCK_MS)
         rows = reply[0][1] if reply else []
         # a full read means entries are waiting: take more at a time until the consumer is level
-        behind = len(rows) >= self._batch_size
-        self._batch_size = max(self.config.batch_entries, min(self.config.backlog_batch_entries,
-                                                              self._batch_size * 2 if behind else self._batch_size // 2))
+        wanted = self._batch_size * 2 if len(rows) >= self._batch_size else self._batch_size // 2
+        self._batch_size = max(self.config.batch_entries, min(self.config.backlog_batch_entries, wanted))
         if self._reading_pending and not rows:
             self._reading_pending = False
             return self._read()
@@ -540,10 +541,10 @@ class StreamJob:
                             done.committed.append(r.partition)
                     checkpoint("stream_after_lake_commit")
                     done.history = self._lake_history()
-        except SourceBusy:
+        except SourceBusy as busy:
             if startup:
                 raise
-            done.deferred = True  # a batch ingest is writing the source: acknowledge after the next commit
+            done.deferred = str(busy)  # a batch ingest is writing the source: acknowledge after the next commit
             return done
         for start in range(0, len(work.ack), ACK_CHUNK):
             self.client.xack(self.key, self.config.group, *work.ack[start:start + ACK_CHUNK])
@@ -573,6 +574,8 @@ class StreamJob:
         buffered batches it covered leave the buffer; a deferred commit's work waits for the next."""
         work = done.work
         if done.deferred:
+            self.report.commits_deferred += 1
+            self.say(f"{self.source}: lake commit deferred: {done.deferred}")
             self.landed_partitions |= work.partitions
             self.to_ack = list(work.ack) + self.to_ack
             return

@@ -7,6 +7,7 @@ import json
 import pytest
 import redis
 
+from tests.conftest import MILLRACE, cli_env
 from tests.pipelines import streams as S
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -70,3 +71,43 @@ def test_produce_stream_then_nightly(setup, stream, redis_url, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["entries"] == 0
     assert S.lake_rows(setup, state).equals(lake)
+
+
+def test_a_batch_writer_holding_the_source_defers_the_lake_commit_not_the_online_update(setup, stream, redis_url,
+                                                                                       tmp_path):
+    """A nightly's ingest holding the source's write lock: the stream keeps landing and updating the
+    online store, its lake commits (and so its acknowledgements) wait until the lock is free."""
+    import subprocess
+    import time
+
+    from millrace.pipelines.lock import source_lock
+
+    state = setup.fresh_consumer(tmp_path / "state")
+    consumer = subprocess.Popen(MILLRACE + ["--project", str(setup.project), "stream", "--source", "ratings",
+                                              "--until-idle", "3", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(state))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 120
+        while not _registered(client, stream) and time.monotonic() < deadline:  # started and ready
+            time.sleep(0.1)
+        with source_lock(str(state), "ratings", command="a nightly's ingest"):
+            S.produce(setup, 2000, late=0.0, bad=0.0)
+            time.sleep(3)  # three commit intervals with the lock held
+            assert client.xpending(stream, "millrace")["pending"] == 2000  # landed, not acknowledged
+        out, err = consumer.communicate(timeout=300)
+    finally:
+        consumer.kill()
+        client.close()
+    assert consumer.returncode == 0, out + err
+    report = json.loads(out)
+    assert report["commits_deferred"] >= 1 and "lake commit deferred" in err
+    assert report["entries"] == report["acknowledged"] == 2000 and report["online_written"]
+    assert S.lake_rows(setup, state).num_rows + len(S.quarantined(setup, state)) == 2000
+
+
+def _registered(client, stream: str) -> bool:
+    try:
+        return bool(client.xinfo_consumers(stream, "millrace"))
+    except redis.ResponseError:
+        return False  # no group yet

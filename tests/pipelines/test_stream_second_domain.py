@@ -45,7 +45,8 @@ def _online_and_offline(project: Path, state: Path) -> dict[str, tuple[list, lis
             keys = features.join_keys(view)
             keys = [keys] if isinstance(keys, str) else list(keys)
             columns = [*keys, *features.feature_names(view)]
-            latest = latest_per_key(offline.read_view(p.offline, view), keys, None).sort_by([(k, "ascending") for k in keys])
+            latest = latest_per_key(offline.read_view(p.offline, view), keys, None)
+            latest = latest.sort_by([(k, "ascending") for k in keys])
             online = reader.read(view, latest.select(keys))
             out[view] = (online.select(columns).to_pylist(), latest.select(columns).to_pylist())
     return out
