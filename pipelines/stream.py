@@ -134,7 +134,7 @@ class StreamReport:
     online_written: dict = field(default_factory=dict)  # view -> entities written
     freshness: list = field(default_factory=list)       # seconds, entry produced -> its batch online
     lag: int | None = None     # entries in the stream not yet delivered to the group, at the end
-    watermark: str | None = None
+    watermark: str | None = None   # the newest usable event time seen (UTC), where the windows stand
     seconds: float = 0.0
     busy_seconds: float = 0.0  # from the first entry read to the last batch done, plus the closing commit
     stopped: str = ""
@@ -232,6 +232,9 @@ class StreamJob:
             if first_read is not None:
                 self.report.busy_seconds = last_done - first_read + time.monotonic() - closing
         self.report.lag = self._lag()
+        if self.state.watermark_us is not None:
+            newest = dt.datetime.fromtimestamp(self.state.watermark_us / 1e6, dt.timezone.utc)
+            self.report.watermark = newest.isoformat()
         self.report.seconds = time.monotonic() - started
         if self.writer:
             self.writer.close()

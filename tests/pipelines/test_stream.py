@@ -2,8 +2,10 @@
 then a batch nightly that neither doubles the rows nor disagrees with the online values."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 
+import pyarrow.compute as pc
 import pytest
 import redis
 
@@ -44,6 +46,8 @@ def test_produce_stream_then_nightly(setup, stream, redis_url, tmp_path):
     client.close()
 
     lake = S.lake_rows(setup, state)
+    # the windows stand at the newest event time read: no committed row is newer
+    assert dt.datetime.fromisoformat(report["watermark"]) >= pc.max(lake.column("timestamp")).as_py()
     quarantine = S.quarantined(setup, state)
     reasons = {r for r, _ in quarantine}
     assert {"too_late", "malformed_record"} <= reasons
