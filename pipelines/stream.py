@@ -51,11 +51,12 @@ from millrace.pipelines.errors import LandingInvalid, PipelineError, SourceBusy
 from millrace.pipelines.lock import source_lock
 from millrace.pipelines.readers import read_records
 from millrace.pipelines.stream_client import connect
+from millrace.pipelines.stream_files import (STREAM_FILE_PREFIX, id_key, is_stream_file, last_entry, put,
+                                             remove_unfinished, stream_quarantine_dir)
 from millrace.pipelines.windows import TOO_LATE, Windows
 from millrace.validation import quarantine as Q
 from millrace.validation import reasons as R
 
-STREAM_FILE_PREFIX = "stream-"
 EPOCH = dt.date(1970, 1, 1)
 BLOCK_MS = 100            # how long one read waits for new entries
 ACK_CHUNK = 5_000
@@ -65,11 +66,6 @@ class Entry(NamedTuple):  # a tuple: tens of thousands are made per second
     id: str
     record: bytes
     produced_at: float | None
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -249,7 +245,7 @@ class StreamJob:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._remove_unfinished_landing()
+        remove_unfinished(self.project.landing, self.project.quarantine, self.source, self.state.landed_until)
         self._reclaim()
         # files landed before a kill, not yet in the lake
         self._committed(self._commit_lake(CommitWork(None, (), self.state.landed_until, 0)))
@@ -385,7 +381,7 @@ class StreamJob:
             folder = lake.join(self.project.landing, self.source, lake.period_start(partition).isoformat())
             path = lake.join(folder, f"{STREAM_FILE_PREFIX}{name}.jsonl")
             data = b"\n".join(lines) + b"\n"
-            _put(path, data)
+            put(path, data)
             out.append((partition, path, data))
             self.landed_partitions.add(partition)
             self.report.landed += len(lines)
@@ -446,7 +442,7 @@ class StreamJob:
         path = lake.join(stream_quarantine_dir(self.project.quarantine, self.source), f"{name}.parquet")
         sink = pa.BufferOutputStream()
         pq.write_table(rows, sink)
-        _put(path, sink.getvalue().to_pybytes())
+        put(path, sink.getvalue().to_pybytes())
 
     # -- the online store -------------------------------------------------------------------------
 
@@ -564,8 +560,8 @@ class StreamJob:
         if chosen.problems:
             raise LandingInvalid(chosen.problems)
         until = id_key(work.landed_until)
-        streamed = [f for f in chosen.files if _is_stream_file(f.path)]
-        later = {f.path for f in streamed if id_key(_last_entry(f.path)) > until}
+        streamed = [f for f in chosen.files if is_stream_file(f.path)]
+        later = {f.path for f in streamed if id_key(last_entry(f.path)) > until}
         files = [f for f in chosen.files if f.path not in later]
         if work.partitions is None:  # at start, only partitions the stream landed in: batch files are the nightly's
             partitions = {f.partition for f in streamed}
@@ -611,29 +607,6 @@ class StreamJob:
             self._suite = SuiteRunner(self.contract)
         return self._suite
 
-    def _remove_unfinished_landing(self) -> None:
-        """Landing files of a batch killed before its state was written: that batch lands again
-        (its entries were never acknowledged), perhaps cut differently, so these must go."""
-        root = lake.join(self.project.landing, self.source)
-        if not lake.exists(root) or lake.is_uri(root):
-            return
-        done = id_key(self.state.landed_until)
-        for day in sorted(os.listdir(root)):
-            folder = os.path.join(root, day)
-            if not os.path.isdir(folder):
-                continue
-            for name in os.listdir(folder):
-                if name.startswith("_" + STREAM_FILE_PREFIX):
-                    os.remove(os.path.join(folder, name))  # a write cut short before its rename
-                elif name.startswith(STREAM_FILE_PREFIX) and name.endswith(".jsonl"):
-                    if id_key(_last_entry(name)) > done:
-                        os.remove(os.path.join(folder, name))
-        q_dir = stream_quarantine_dir(self.project.quarantine, self.source)
-        for path in lake.list_dir(q_dir):
-            last = os.path.basename(path)[:-len(".parquet")].split("_")[-1]
-            if path.endswith(".parquet") and id_key(last) > done:
-                os.remove(path)
-
     def _lag(self) -> int | None:
         try:
             for group in self.client.xinfo_groups(self.key):
@@ -646,43 +619,6 @@ class StreamJob:
     def _count(self, outcome: str, n: int) -> None:
         if self.metrics and n:
             self.metrics.entries.labels(self.source, outcome).inc(n)
-
-
-def stream_quarantine_dir(quarantine_root: str, source: str) -> str:
-    """Rows the stream quarantined itself (too late for their window), outside any partition."""
-    return lake.join(quarantine_root, source, "_stream")
-
-
-def read_stream_quarantine(quarantine_root: str, source: str) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    tables = [pq.read_table(pa.BufferReader(lake.read_bytes(p))) for p in lake.list_dir(
-        stream_quarantine_dir(quarantine_root, source)) if p.endswith(".parquet")]
-    return pa.concat_tables(tables) if tables else Q.empty()
-
-
-def _put(path: str, data: bytes) -> None:
-    """Whole or not at all, under a name the landing scan ignores until the rename."""
-    if lake.is_uri(path):
-        lake.write_bytes(path, data)  # one object put
-        return
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, "_" + name)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _is_stream_file(path: str) -> bool:
-    return os.path.basename(path).startswith(STREAM_FILE_PREFIX)
-
-
-def _last_entry(path: str) -> str:
-    """The last entry id a stream landing file holds (``stream-<first>_<last>.jsonl``)."""
-    return os.path.basename(path)[len(STREAM_FILE_PREFIX):-len(".jsonl")].split("_")[-1]
 
 
 def _one_line(record: bytes) -> bytes:

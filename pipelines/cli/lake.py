@@ -47,7 +47,7 @@ def quarantine(source: str = typer.Option(..., "--source", "-s", help="Source na
     project = common.project()
     contract = project.contract(source)
     table = lake.read_quarantine(project.quarantine, project.lake, source, contract.partitioning.key)
-    from millrace.pipelines.stream import read_stream_quarantine
+    from millrace.pipelines.stream_files import read_stream_quarantine
 
     streamed = read_stream_quarantine(project.quarantine, source)  # too late, or no usable event time
     if streamed.num_rows:

@@ -120,7 +120,7 @@ def quarantined(setup: StreamSetup, state: Path) -> list[tuple[str, bytes]]:
     """(reason, record) of every quarantined row: the lake's committed partitions' and the stream's own."""
     from millrace.contracts.project import load_project
     from millrace.pipelines import lake
-    from millrace.pipelines.stream import read_stream_quarantine
+    from millrace.pipelines.stream_files import read_stream_quarantine
 
     with state_dir(state):
         p = load_project(setup.project)
