@@ -197,7 +197,7 @@ class StreamJob:
             self._start()
             self.say(f"{self.key}: reading as {self.consumer} (group {self.config.group})")
             commit: Future | None = None
-            last_entry = last_commit = time.monotonic()
+            last_arrival = last_commit = time.monotonic()
             first_read = last_done = None
             while True:
                 entries = self._read()
@@ -205,7 +205,7 @@ class StreamJob:
                 if entries:
                     first_read = first_read or now
                     self._batch(entries)
-                    last_entry, last_done = now, time.monotonic()
+                    last_arrival, last_done = now, time.monotonic()
                 if commit is not None and commit.done():
                     self._committed(commit.result())
                     commit = None
@@ -217,7 +217,7 @@ class StreamJob:
                     self.report.stopped = "signal"
                 elif max_seconds is not None and now - started >= max_seconds:
                     self.report.stopped = f"--max-seconds {max_seconds:g}"
-                elif until_idle is not None and not entries and now - last_entry >= until_idle:
+                elif until_idle is not None and not entries and now - last_arrival >= until_idle:
                     self.report.stopped = f"idle for {until_idle:g} s"
                 if self.report.stopped:
                     break
