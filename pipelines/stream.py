@@ -585,6 +585,9 @@ class StreamJob:
         self.report.partitions.update(done.committed)
         self.report.acknowledged += len(work.ack)
         self._count("acknowledged", len(work.ack))
+        if done.committed:  # a long-running consumer's progress, one line per commit
+            self.say(f"{self.source}: lake commit of {len(done.committed)} partition(s); {self.report.entries:,} "
+                     f"entries read, {self.report.acknowledged:,} acknowledged so far")
 
     def _decode_partitions(self, files: list[LandingFile]) -> list[tuple[str, list]]:
         """Every landing file of each partition, decoded together as the batch ingest does."""
