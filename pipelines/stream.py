@@ -162,7 +162,7 @@ class StreamJob:
         self.config = project.config.streaming
         self.windows = Windows.of_seconds(self.config.window_seconds, self.config.allowed_lateness_seconds)
         self.key = project.stream_key(source)
-        self.client = client or connect(project)
+        self.client = client or connect(project, source)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = metrics
         self.state_path = lake.join(project.state_dir, "streams", f"{source}.json")

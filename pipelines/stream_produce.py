@@ -74,7 +74,7 @@ def produce(project: Project, source: str, rate: float, late_share: float = 0.0,
     if client is None:
         from millrace.pipelines.stream_client import connect
 
-        client = connect(project)
+        client = connect(project, source)
     rng = np.random.default_rng(seed)
     on_time, held = [], []
     for record in landed_records(project, source):

@@ -43,3 +43,27 @@ def test_an_unreachable_redis_is_retryable_and_its_password_never_shown(stream_c
                       MILLRACE_STREAM_REDIS="redis://:s3cret@127.0.0.1:6390/0")
     _one_error_line(proc, 75, "redis://127.0.0.1:6390/0", "MILLRACE_STREAM_REDIS")
     assert "s3cret" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.redis
+def test_a_key_that_is_not_a_stream_is_refused_not_overwritten(project_dir, tmp_path, redis_url):
+    import secrets
+
+    import redis
+    import yaml
+
+    prefix = f"mrt_{secrets.token_hex(5)}"
+    config = yaml.safe_load((project_dir / "millrace.yaml").read_text())
+    config["streaming"] = {"redis": redis_url, "prefix": prefix}
+    (project_dir / "millrace.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{prefix}:ratings", "someone else's value")
+    try:
+        for args in (["--source", "ratings", "--until-idle", "1"], ["produce", "--source", "ratings", "--limit", "5"]):
+            proc = subprocess.run(MILLRACE + ["--project", str(project_dir), "stream", *args], capture_output=True,
+                                  text=True, env=cli_env(tmp_path / "state"), timeout=120)
+            _one_error_line(proc, 2, f"Redis key '{prefix}:ratings' holds a string, not a stream")
+        assert client.get(f"{prefix}:ratings") == b"someone else's value"
+    finally:
+        client.delete(f"{prefix}:ratings")
+        client.close()
