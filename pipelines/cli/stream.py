@@ -49,7 +49,8 @@ def consume(ctx: typer.Context,
         common.print_json(report.to_dict())
         return
     p50, p99 = report.percentile(50), report.percentile(99)
-    fresh = f"; online p50 {p50:.2f} s, p99 {p99:.2f} s after production" if p50 is not None else ""
+    seen = "online" if job.views else "landed"  # a source with no streaming views: its rows landed
+    fresh = f"; {seen} p50 {p50:.2f} s, p99 {p99:.2f} s after production" if p50 is not None else ""
     console.print(f"{report.stream}: {report.entries:,} entries in {report.seconds:.1f} s "
                   f"({report.reclaimed:,} reclaimed, {report.redelivered:,} already landed); {report.good:,} good, "
                   f"{report.quarantined:,} quarantined, {report.too_late:,} too late; {report.lake_commits} lake "
